@@ -1,0 +1,1 @@
+"""labkit: helpers for the post-training lab notebooks."""

@@ -1,0 +1,291 @@
+"""The instructor's command: execute the course notebooks and collect their headline metrics.
+
+    python -m labkit.course                      # every notebooks/NN_*.py, in order
+    python -m labkit.course 01 03_dpo --profile cpu --out-dir /tmp/run --timeout 1800
+
+For each notebook the jupytext percent script `NN_name.py` (the source of truth) is turned into
+a notebook and executed by papermill (kernel "python3", cwd = the notebooks directory). With a
+profile other than "auto", papermill injects `PROFILE = <profile>` after the cell tagged
+`parameters`. The kernel gets LABKIT_METRICS_FILE, which `labkit.metrics.record` fills.
+
+The executed notebook is written to `NN_name.ipynb` in the notebooks directory (or in --out-dir;
+tests and CI use that so the committed files stay untouched), also when it failed, so the
+traceback can be read in place. Before writing it is made diff-friendly and path-free:
+- papermill's injected-parameters cell and error-marker cells are removed, so the .ipynb has
+  exactly the cells of the .py (tests/test_notebooks.py checks that pairing); the parameters
+  used are kept in the notebook metadata `papermill.parameters` (with a profile other than
+  "auto" the execution counts therefore skip the number of the removed cell);
+- per-cell timing metadata (papermill start/end/duration, nbclient `execution`) is dropped;
+  only the notebook-level `papermill.duration` (seconds, one decimal) stays;
+- cell ids are derived from the cell contents (jupytext would draw random ones);
+- in all text outputs, machine paths become placeholders: site-packages -> "<site-packages>",
+  the virtual environment -> "<venv>", the repository -> "<repo>", the temp dir -> "<tmp>",
+  the home directory -> "~".
+
+A summary (one record per notebook: notebook, status, seconds, metrics, error, profile) goes to
+summary.json next to the written notebooks, or to --summary. The exit status is 1 if any
+notebook failed. --timeout is papermill's per-cell execution timeout in seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import site
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+
+import jupytext
+import nbformat
+import papermill
+from papermill.exceptions import PapermillExecutionError
+
+from labkit.metrics import METRICS_FILE_ENV
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
+KERNEL_NAME = "python3"
+KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": KERNEL_NAME}
+DROPPED_CELL_TAGS = ("injected-parameters", "papermill-error-cell-tag")
+
+_NOTEBOOK_RE = re.compile(r"\d\d_\w+")
+_ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+class CourseError(ValueError):
+    """Bad input to the runner (unknown notebook name, missing directory, bad option)."""
+
+
+# --- finding notebooks ------------------------------------------------------------------------
+
+def discover(notebooks_dir: Path = NOTEBOOKS_DIR) -> list[Path]:
+    """The notebooks' percent scripts `NN_name.py`, sorted by name."""
+    if not notebooks_dir.is_dir():
+        raise CourseError(f"No notebooks directory at {notebooks_dir}; pass notebooks_dir / --notebooks-dir.")
+    return sorted(p for p in notebooks_dir.glob("*.py") if _NOTEBOOK_RE.fullmatch(p.stem))
+
+
+def resolve_names(names: list[str] | None, notebooks_dir: Path = NOTEBOOKS_DIR) -> list[Path]:
+    """Map "01", "01_sft", "01_sft.py" or "01_sft.ipynb" to scripts; None means all of them."""
+    available = discover(notebooks_dir)
+    if names is None:
+        return available
+    chosen = []
+    for name in names:
+        stem = Path(name).name.removesuffix(".py").removesuffix(".ipynb")  # also "notebooks/01_sft.py"
+        matches = [p for p in available if p.stem == stem or p.stem.split("_", 1)[0] == stem]
+        if len(matches) != 1:
+            problem = "matches several notebooks" if matches else "is not a notebook"
+            listing = ", ".join(p.stem for p in available) or "(none)"
+            raise CourseError(f"{name!r} {problem} in {notebooks_dir}. Available: {listing}.")
+        chosen.append(matches[0])
+    return chosen
+
+
+# --- making outputs path-free and diff-friendly -------------------------------------------------
+
+def path_replacements(repo_root: Path) -> list[tuple[str, str]]:
+    """(machine path, placeholder) pairs, longest path first so the most specific one wins."""
+    pairs: dict[str, str] = {}
+
+    def add(path: str | Path | None, placeholder: str) -> None:
+        if path:
+            for variant in {str(path), os.path.realpath(path)}:
+                if len(variant) > 1:  # never replace "/" itself
+                    pairs.setdefault(variant.rstrip(os.sep), placeholder)
+
+    for packages in [*site.getsitepackages(), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]:
+        add(packages, "<site-packages>")
+    if sys.prefix != sys.base_prefix:
+        add(sys.prefix, "<venv>")
+    add(repo_root, "<repo>")
+    add(REPO_ROOT, "<repo>")  # where labkit itself lives (the same directory in a normal checkout)
+    add(tempfile.gettempdir(), "<tmp>")
+    add("/tmp", "<tmp>")
+    add(Path.home(), "~")
+    return sorted(pairs.items(), key=lambda pair: len(pair[0]), reverse=True)
+
+
+def sanitize_text(text: str, replacements: list[tuple[str, str]]) -> str:
+    """Replace each machine path in `text` by its placeholder, only where a whole path component
+    matches ("/tmp/x" -> "<tmp>/x", but "/tmpfoo" and "/data/tmp" are left alone)."""
+    for path, placeholder in replacements:
+        pattern = r"(?<![\w.-])" + re.escape(path) + r"(?![\w.-])"
+        text = re.sub(pattern, lambda _: placeholder, text)
+    return text
+
+
+def clean_notebook(nb: nbformat.NotebookNode, replacements: list[tuple[str, str]]) -> None:
+    """Drop papermill's extra cells and timing metadata, set stable ids, sanitize text outputs."""
+    nb.cells = [c for c in nb.cells if not set(c.metadata.get("tags", [])) & set(DROPPED_CELL_TAGS)]
+    seen: dict[str, int] = {}
+    for cell in nb.cells:
+        cell.metadata.pop("papermill", None)
+        cell.metadata.pop("execution", None)
+        if cell.metadata.get("tags") == []:
+            del cell.metadata["tags"]
+        digest = hashlib.sha1(f"{cell.cell_type}\n{cell.source}".encode()).hexdigest()[:8]
+        seen[digest] = seen.get(digest, 0) + 1
+        cell.id = digest if seen[digest] == 1 else f"{digest}-{seen[digest]}"
+        for output in cell.get("outputs", []):
+            _sanitize_output(output, replacements)
+    run = nb.metadata.get("papermill", {})
+    duration = run.get("duration")
+    nb.metadata["papermill"] = {
+        "duration": round(duration, 1) if duration is not None else None,
+        "parameters": run.get("parameters", {}),
+    }
+    nb.metadata.setdefault("jupytext", {}).setdefault("formats", "ipynb,py:percent")
+    nb.metadata["jupytext"].pop("text_representation", None)  # carries jupytext's version: noise
+
+
+def _sanitize_output(output: nbformat.NotebookNode, replacements: list[tuple[str, str]]) -> None:
+    if output.output_type == "stream":
+        output.text = sanitize_text(output.text, replacements)
+    elif output.output_type == "error":
+        output.evalue = sanitize_text(output.evalue, replacements)
+        output.traceback = [sanitize_text(line, replacements) for line in output.traceback]
+    elif output.output_type in ("display_data", "execute_result"):
+        for mime, data in output.data.items():
+            if mime.startswith("text/") and isinstance(data, str):
+                output.data[mime] = sanitize_text(data, replacements)
+
+
+# --- running --------------------------------------------------------------------------------------
+
+def run_notebooks(
+    names: list[str] | None = None,
+    profile: str = "auto",
+    out_dir: str | Path | None = None,
+    summary_path: str | Path | None = None,
+    timeout: float | None = None,
+    notebooks_dir: str | Path = NOTEBOOKS_DIR,
+) -> list[dict]:
+    """Execute notebooks in order (a failure does not stop the next one); return the summary records.
+
+    Prints one progress line per notebook. Writes the executed notebooks to `out_dir` (default:
+    the notebooks directory itself) and the records to `summary_path` (default: summary.json in
+    the directory the notebooks are written to).
+    """
+    if not isinstance(profile, str) or not profile:
+        raise CourseError(f"profile must be a profile name such as 'cpu' or 'auto', got {profile!r}.")
+    if timeout is not None and timeout <= 0:
+        raise CourseError(f"timeout must be a positive number of seconds, got {timeout!r}.")
+    notebooks_dir = Path(notebooks_dir).resolve()
+    scripts = resolve_names(names, notebooks_dir)
+    if not scripts:
+        raise CourseError(f"No NN_name.py notebooks in {notebooks_dir}.")
+    out_dir = Path(out_dir).resolve() if out_dir is not None else notebooks_dir
+    summary_path = Path(summary_path) if summary_path is not None else out_dir / "summary.json"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    replacements = path_replacements(notebooks_dir.parent)
+
+    width = max(len(p.stem) for p in scripts) + 3
+    records = []
+    for i, script in enumerate(scripts, start=1):
+        record = run_one(script, profile, out_dir / f"{script.stem}.ipynb", timeout, replacements)
+        records.append(record)
+        dots = "." * (width - len(script.stem))
+        print(f"[{i}/{len(scripts)}] {script.stem} {dots} {_progress_tail(record)}", flush=True)
+
+    summary_path.parent.mkdir(parents=True, exist_ok=True)
+    summary_path.write_text(json.dumps(records, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    return records
+
+
+def run_one(script: Path, profile: str, out_path: Path, timeout: float | None,
+            replacements: list[tuple[str, str]]) -> dict:
+    """Execute one percent script with papermill, write the cleaned notebook, return its record."""
+    parameters = {} if profile == "auto" else {"PROFILE": profile}
+    error = None
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="labkit-course-") as tmp:
+        input_path, output_path = Path(tmp, "input.ipynb"), Path(tmp, "output.ipynb")
+        metrics_path = Path(tmp, "metrics.json")
+        previous = os.environ.get(METRICS_FILE_ENV)
+        os.environ[METRICS_FILE_ENV] = str(metrics_path)  # the kernel inherits our environment
+        try:
+            nb = jupytext.read(script)
+            nb.metadata.setdefault("kernelspec", dict(KERNELSPEC))  # papermill needs the language
+            nbformat.write(nb, input_path)
+            papermill.execute_notebook(
+                input_path, output_path, parameters=parameters, kernel_name=KERNEL_NAME,
+                cwd=script.parent, progress_bar=False, log_output=False, execution_timeout=timeout,
+            )
+        except PapermillExecutionError as exc:
+            error = f"{exc.ename}: {exc.evalue}"
+        except Exception as exc:  # kernel died, timeout, unreadable script, ...: report, go on
+            error = f"{type(exc).__name__}: {exc}"
+        finally:
+            if previous is None:
+                os.environ.pop(METRICS_FILE_ENV, None)
+            else:
+                os.environ[METRICS_FILE_ENV] = previous
+        seconds = time.perf_counter() - start
+        if output_path.exists():  # absent only if execution never started: keep the old notebook
+            nb = nbformat.read(output_path, as_version=4)
+            clean_notebook(nb, replacements)
+            nbformat.write(nb, out_path)
+        metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.exists() else {}
+
+    if error is not None:
+        error = sanitize_text(_first_line(error), replacements)
+    return {
+        "notebook": script.stem,
+        "status": "failed" if error is not None else "ok",
+        "seconds": round(seconds, 1),
+        "metrics": metrics,
+        "error": error,
+        "profile": profile,
+    }
+
+
+def _first_line(text: str) -> str:
+    lines = [line for line in _ANSI_RE.sub("", text).splitlines() if line.strip()]
+    return lines[0].strip() if lines else text.strip()
+
+
+def _progress_tail(record: dict) -> str:
+    seconds = f"{record['seconds']:.1f} s"
+    if record["status"] != "ok":
+        return f"FAILED  {seconds}  {record['error']}"
+    metrics = " ".join(f"{k}={_format_value(v)}" for k, v in record["metrics"].items())
+    return f"ok  {seconds}  {metrics}".rstrip()
+
+
+def _format_value(value: float | int | str) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+# --- command line ---------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m labkit.course",
+                                     description="Execute the course notebooks and collect their metrics.")
+    parser.add_argument("names", nargs="*", help='notebooks to run: "01", "01_sft", "01_sft.py" (default: all)')
+    parser.add_argument("--profile", default="auto", help='PROFILE passed to every notebook (default: "auto")')
+    parser.add_argument("--summary", type=Path, help="where to write summary.json")
+    parser.add_argument("--out-dir", type=Path, help="write executed notebooks here instead of notebooks/")
+    parser.add_argument("--timeout", type=float, help="per-cell execution timeout in seconds")
+    parser.add_argument("--notebooks-dir", type=Path, default=NOTEBOOKS_DIR, help="where the NN_name.py files are")
+    args = parser.parse_args(argv)
+    try:
+        records = run_notebooks(args.names or None, profile=args.profile, out_dir=args.out_dir,
+                                summary_path=args.summary, timeout=args.timeout, notebooks_dir=args.notebooks_dir)
+    except CourseError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    failed = [r["notebook"] for r in records if r["status"] != "ok"]
+    if failed:
+        print(f"{len(failed)} of {len(records)} notebooks failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,62 @@
+"""Batched generation and held-out accuracy, overall and per difficulty level."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from labkit.data import prompt_messages
+from labkit.profiles import Profile
+from labkit.rewards import accuracy_reward, format_reward
+
+
+@torch.no_grad()
+def generate(model, tokenizer, conversations: list[list[dict]], *, max_new_tokens: int,
+             batch_size: int, do_sample: bool = False, temperature: float = 1.0,
+             desc: str = "generate") -> list[str]:
+    """One completion per conversation, in order. Prompts get the chat template's assistant header."""
+    model.eval()
+    tokenizer.padding_side = "left"
+    texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
+             for c in conversations]
+    outputs: list[str] = []
+    for start in tqdm(range(0, len(texts), batch_size), desc=desc, leave=False):
+        batch = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
+                          add_special_tokens=False).to(model.device)
+        sampling = dict(do_sample=True, temperature=temperature, top_k=0) if do_sample else \
+            dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+        out = model.generate(**batch, max_new_tokens=max_new_tokens,
+                             pad_token_id=tokenizer.pad_token_id,
+                             eos_token_id=tokenizer.eos_token_id, **sampling)
+        new_tokens = out[:, batch["input_ids"].shape[1]:]
+        outputs += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+    return outputs
+
+
+@dataclass
+class EvalResult:
+    accuracy: float
+    format_rate: float
+    by_level: dict[int, float]
+    completions: list[str] = field(repr=False)
+    correct: list[float] = field(repr=False)
+
+
+def evaluate_accuracy(model, tokenizer, rows: list[dict], profile: Profile,
+                      desc: str = "eval") -> EvalResult:
+    """Greedy-decode every row's question and score it with the accuracy and format rewards."""
+    conversations = [prompt_messages(r, profile.system_prompt) for r in rows]
+    completions = generate(model, tokenizer, conversations, max_new_tokens=profile.max_new_tokens,
+                           batch_size=profile.eval_batch_size, desc=desc)
+    correct = accuracy_reward(completions, answer=[r["answer"] for r in rows])
+    formatted = format_reward(completions)
+    by_level: dict[int, list[float]] = {}
+    for row, ok in zip(rows, correct):
+        by_level.setdefault(row["level"], []).append(ok)
+    return EvalResult(
+        accuracy=sum(correct) / len(rows), format_rate=sum(formatted) / len(rows),
+        by_level={lvl: sum(v) / len(v) for lvl, v in sorted(by_level.items())},
+        completions=completions, correct=correct,
+    )

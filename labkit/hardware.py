@@ -1,0 +1,44 @@
+"""Detect what the notebook runs on: a CPU, or a CUDA GPU with its memory and bf16 support."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+GiB = 1024**3
+
+
+@dataclass(frozen=True)
+class Hardware:
+    device: str                 # "cpu" or "cuda"
+    name: str                   # e.g. "Tesla T4" or "cpu (2 cores)"
+    vram_total_gb: float = 0.0
+    vram_free_gb: float = 0.0
+    capability: tuple[int, int] | None = None  # CUDA compute capability, (7, 5) on a T4
+    bf16: bool = False          # bf16 matmuls are native from compute capability 8.0 (Ampere)
+    cpu_cores: int = 1
+
+    def rows(self) -> list[tuple[str, str]]:
+        """(label, value) pairs for the profile table."""
+        cap = f"{self.capability[0]}.{self.capability[1]}" if self.capability else "-"
+        return [("device", self.device), ("name", self.name),
+                ("VRAM total / free", f"{self.vram_total_gb:.1f} / {self.vram_free_gb:.1f} GiB"
+                 if self.device == "cuda" else "-"),
+                ("compute capability", cap), ("bf16", "yes" if self.bf16 else "no"),
+                ("CPU cores", str(self.cpu_cores))]
+
+
+def detect() -> Hardware:
+    """Inspect the first CUDA device if there is one, else describe the CPU."""
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if not torch.cuda.is_available():
+        return Hardware(device="cpu", name=f"cpu ({cores} cores)", cpu_cores=cores)
+    free, total = torch.cuda.mem_get_info(0)
+    capability = torch.cuda.get_device_capability(0)
+    return Hardware(
+        device="cuda", name=torch.cuda.get_device_name(0),
+        vram_total_gb=total / GiB, vram_free_gb=free / GiB, capability=capability,
+        bf16=capability >= (8, 0), cpu_cores=cores,
+    )

@@ -1,0 +1,321 @@
+"""Training curves from a HF/TRL trainer's ``state.log_history``, with Chinese labels.
+
+``trainer.state.log_history`` is a list of dicts, one per logging event, e.g.
+``{"loss": 0.01, "reward": 0.5, "kl": 0.002, "step": 10, "epoch": 0.1}``; eval
+events use ``eval_``-prefixed keys and the last entry is a run summary
+(``train_runtime``, ``train_loss``, ``total_flos``, ...).
+
+Chinese text needs a CJK font, which neither Colab nor CI has. labkit ships a
+1.6 MB subset of Noto Sans CJK SC (SIL OFL 1.1) as ``labkit/fonts/
+LabKitSansSC-Regular.otf``; ``setup_chinese_font`` registers it with matplotlib.
+
+The plotting functions create pyplot figures (shown by Jupyter's inline backend
+at the end of a cell) and return them; write ``fig = plot_metrics(...)`` so a
+notebook does not show the figure twice.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import numbers
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+import matplotlib.pyplot as plt
+from matplotlib import font_manager
+from matplotlib.figure import Figure
+
+FONT_PATH = Path(__file__).parent / "fonts" / "LabKitSansSC-Regular.otf"
+X_LABEL = "训练步 (step)"
+SAVE_DPI = 120
+
+# Course-level name -> key that TRL 1.16 / transformers 5.23 writes into log_history.
+# Eval entries carry the same keys with an "eval_" prefix ("eval_reward", ...).
+METRIC_ALIASES: dict[str, str] = {
+    # transformers/trainer.py (_maybe_log_save_evaluate)
+    "loss": "loss",
+    "grad_norm": "grad_norm",
+    "learning_rate": "learning_rate",
+    # trl/trainer/grpo_trainer.py (_generate_and_score_completions)
+    "reward": "reward",
+    "reward_std": "reward_std",
+    "frac_reward_zero_std": "frac_reward_zero_std",
+    "reward_per_func": "rewards/*/mean",  # one "rewards/<reward_func_name>/mean" per reward function
+    "completion_length": "completions/mean_length",
+    "truncated_frac": "completions/clipped_ratio",  # share of completions cut at max_completion_length
+    # trl/trainer/grpo_trainer.py (_compute_loss); "kl" only when beta != 0
+    "kl": "kl",
+    "entropy": "entropy",  # also sft_trainer.py and dpo_trainer.py
+    "clip_ratio": "clip_ratio/region_mean",
+    # trl/trainer/dpo_trainer.py (_compute_loss)
+    "chosen_reward": "rewards/chosen",
+    "rejected_reward": "rewards/rejected",
+    "reward_margin": "rewards/margins",
+    "preference_accuracy": "rewards/accuracies",
+    # trl/trainer/sft_trainer.py (compute_loss); dpo_trainer.py logs it too
+    "token_accuracy": "mean_token_accuracy",
+    "num_tokens": "num_tokens",
+    # trl/trainer/reward_trainer.py (compute_loss)
+    "rm_accuracy": "accuracy",
+    "rm_margin": "margin",
+    "rm_mean_reward": "mean_reward",
+}
+
+# Y-axis label for a raw key (without "eval_"), first matching pattern wins.
+_YLABEL_RULES: list[tuple[str, str]] = [
+    ("loss", "损失 loss (nats)"),
+    ("kl", "KL 散度 (nats)"),
+    ("entropy", "熵 entropy (nats)"),
+    ("completions/*length", "长度 (tokens)"),
+    ("num_tokens", "tokens"),
+    ("reward_std", "奖励标准差 reward std"),
+    ("rewards/accuracies", "准确率 accuracy"),
+    ("*accuracy", "准确率 accuracy"),
+    ("rewards/*/std", "奖励标准差 reward std"),
+    ("*reward*", "奖励 reward"),
+    ("*margin*", "奖励差 margin"),
+    ("*ratio*", "比例 fraction"),
+    ("learning_rate", "学习率 learning rate"),
+    ("grad_norm", "梯度范数 grad norm"),
+]
+
+# End-of-training summary entry (Trainer._finalize_training); not a curve.
+_SUMMARY_KEYS = ("train_loss", "total_flos")
+
+
+class PlottingError(ValueError):
+    """Input that the plotting helpers cannot draw (wrong type, bad option)."""
+
+
+class MetricNotFoundError(KeyError):
+    """A requested metric is in none of the runs' log histories."""
+
+    def __str__(self) -> str:  # KeyError would show the message in quotes
+        return str(self.args[0])
+
+
+def setup_chinese_font() -> str:
+    """Register the bundled CJK font with matplotlib and make it the default sans-serif.
+
+    Safe to call many times. Glyphs the subset lacks fall back to DejaVu Sans.
+    Returns the font's family name.
+    """
+    if not FONT_PATH.is_file():
+        raise FileNotFoundError(
+            f"labkit's CJK font is missing at {FONT_PATH}; reinstall labkit "
+            "(the package data labkit/fonts/*.otf must be installed)."
+        )
+    family = font_manager.FontProperties(fname=FONT_PATH).get_name()
+    registered = {entry.name for entry in font_manager.fontManager.ttflist}
+    if family not in registered:
+        font_manager.fontManager.addfont(str(FONT_PATH))
+    rc = matplotlib.rcParams
+    rc["font.sans-serif"] = [family] + [f for f in rc["font.sans-serif"] if f != family]
+    rc["font.family"] = ["sans-serif", "DejaVu Sans"]  # 2nd entry = per-glyph fallback
+    rc["axes.unicode_minus"] = False
+    return family
+
+
+def history_frame(log_history: Sequence[Mapping]) -> dict[str, list[tuple[int, float]]]:
+    """Turn a log_history into {metric: [(step, value), ...]} in logging order.
+
+    Skips non-numeric and NaN values, the "step" key itself and the final
+    training summary entry (the one holding "train_loss"/"total_flos").
+    """
+    if isinstance(log_history, (str, bytes, Mapping)) or not isinstance(log_history, Sequence):
+        raise PlottingError(
+            f"log_history must be a list of dicts (trainer.state.log_history), got {type(log_history).__name__}."
+        )
+    series: dict[str, list[tuple[int, float]]] = {}
+    for i, entry in enumerate(log_history):
+        if not isinstance(entry, Mapping) or "step" not in entry:
+            raise PlottingError(f"log_history[{i}] must be a dict with a 'step' key, got {entry!r}.")
+        if any(key in entry for key in _SUMMARY_KEYS):
+            continue
+        for key, value in entry.items():
+            if key == "step" or not _is_number(value):
+                continue
+            series.setdefault(key, []).append((int(entry["step"]), float(value)))
+    return series
+
+
+def resolve_metric(name: str, available: Iterable[str]) -> list[str]:
+    """Map an alias, raw key or glob pattern ("rewards/*/mean") to the raw keys present.
+
+    Raises MetricNotFoundError listing the available keys when nothing matches.
+    """
+    available = sorted(set(available))
+    if name in available:
+        return [name]
+    key = METRIC_ALIASES.get(name, name)
+    if name.startswith("eval_") and name[5:] in METRIC_ALIASES:
+        key = "eval_" + METRIC_ALIASES[name[5:]]
+    matches = [k for k in available if fnmatch.fnmatchcase(k, key)] if "*" in key else [key]
+    matches = [k for k in matches if k in available]
+    if not matches:
+        shown = f"{name!r} (= {key!r})" if key != name else repr(name)
+        raise MetricNotFoundError(
+            f"metric {shown} is not in the log history. Available keys: {', '.join(available) or '(none)'}. "
+            f"Aliases: {', '.join(sorted(METRIC_ALIASES))}."
+        )
+    return matches
+
+
+def ema(values: Sequence[float], smooth: float) -> list[float]:
+    """Exponential moving average: s[0] = x[0], s[t] = smooth * s[t-1] + (1 - smooth) * x[t]."""
+    _check_smooth(smooth)
+    out: list[float] = []
+    for x in values:
+        out.append(x if not out else smooth * out[-1] + (1 - smooth) * x)
+    return out
+
+
+def plot_metrics(
+    runs: Sequence[Mapping] | Mapping[str, Sequence[Mapping]],
+    metrics: str | Sequence[str],
+    *,
+    smooth: float = 0.0,
+    title: str | None = None,
+    save: str | Path | None = None,
+    ncols: int = 3,
+) -> Figure:
+    """Plot metrics against step: one subplot per metric, one line per run.
+
+    runs: one log_history, or {run_name: log_history} to compare runs.
+    metrics: aliases (METRIC_ALIASES), raw keys, or glob patterns such as
+    "rewards/*/mean" (one subplot per matching key).
+    smooth: EMA factor in [0, 1); when > 0 the raw curve is drawn faintly
+    and the smoothed one solid.
+    """
+    setup_chinese_font()
+    _check_smooth(smooth)
+    if ncols < 1:
+        raise PlottingError(f"ncols must be >= 1, got {ncols}.")
+    if isinstance(metrics, str):
+        metrics = [metrics]
+    if not metrics:
+        raise PlottingError("metrics is empty: name at least one metric, e.g. ['loss', 'reward'].")
+    if isinstance(runs, Mapping):
+        if not runs:
+            raise PlottingError("runs is an empty dict: pass {run_name: trainer.state.log_history}.")
+        frames = {str(name): history_frame(history) for name, history in runs.items()}
+    else:
+        frames = {"": history_frame(runs)}
+
+    available = {key for frame in frames.values() for key in frame}
+    panels: list[tuple[str, str]] = []  # (requested name, raw key)
+    for name in metrics:
+        panels.extend((name, key) for key in resolve_metric(name, available))
+
+    ncols = min(ncols, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, squeeze=False, figsize=(4.5 * ncols, 3.3 * nrows), layout="constrained")
+    axes = axes.ravel()
+    for ax in axes[len(panels) :]:
+        fig.delaxes(ax)
+
+    for ax, (name, key) in zip(axes, panels):
+        missing = []
+        for i, (run_name, frame) in enumerate(frames.items()):
+            if key not in frame:
+                missing.append(run_name)
+                continue
+            steps = [step for step, _ in frame[key]]
+            values = [value for _, value in frame[key]]
+            marker = "o" if len(steps) == 1 else None
+            if smooth > 0:
+                ax.plot(steps, values, color=f"C{i}", alpha=0.25, linewidth=1)
+                values = ema(values, smooth)
+            ax.plot(steps, values, color=f"C{i}", marker=marker, label=run_name or None)
+        ax.set_title(name if name == key else f"{name} [{key}]")
+        ax.set_xlabel(X_LABEL)
+        ax.set_ylabel(_ylabel(key))
+        ax.grid(alpha=0.3)
+        if len(frames) > 1:
+            ax.legend(fontsize="small")
+        if missing:
+            ax.text(0.02, 0.02, "无数据 no data: " + ", ".join(missing), transform=ax.transAxes, fontsize="small")
+    if title:
+        fig.suptitle(title)
+    _save(fig, save)
+    return fig
+
+
+def plot_bars(
+    values: Mapping[str, float], title: str, ylabel: str, save: str | Path | None = None
+) -> Figure:
+    """Bar chart of {label: value}, e.g. accuracy before/after training, values written on the bars."""
+    setup_chinese_font()
+    if not values:
+        raise PlottingError("values is empty: pass e.g. {'训练前': 0.31, '训练后': 0.58}.")
+    bad = {k: v for k, v in values.items() if not _is_number(v)}
+    if bad:
+        raise PlottingError(f"plot_bars needs numeric values, got {bad!r}.")
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(values) + 2), 3.5), layout="constrained")
+    bars = ax.bar(list(values), [float(v) for v in values.values()], color=[f"C{i}" for i in range(len(values))])
+    ax.bar_label(bars, fmt="%.3g")
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    ax.grid(axis="y", alpha=0.3)
+    _save(fig, save)
+    return fig
+
+
+def plot_hist(
+    groups: Mapping[str, Sequence[float]],
+    title: str,
+    xlabel: str,
+    bins: int = 20,
+    save: str | Path | None = None,
+) -> Figure:
+    """Overlaid histograms of {group: scores} with shared bin edges, e.g. rewards before/after."""
+    setup_chinese_font()
+    if not groups or not any(len(v) for v in groups.values()):
+        raise PlottingError("groups is empty: pass e.g. {'训练前': [0.0, 1.0, ...], '训练后': [...]}.")
+    if bins < 1:
+        raise PlottingError(f"bins must be >= 1, got {bins}.")
+    for name, scores in groups.items():
+        bad = [v for v in scores if not _is_number(v)]
+        if bad:
+            raise PlottingError(f"group {name!r} has non-numeric or NaN scores, e.g. {bad[:3]!r}.")
+    everything = [float(v) for scores in groups.values() for v in scores]
+    low, high = min(everything), max(everything)
+    if low == high:
+        low, high = low - 0.5, high + 0.5
+    edges = [low + (high - low) * i / bins for i in range(bins + 1)]
+    fig, ax = plt.subplots(figsize=(5.5, 3.5), layout="constrained")
+    for i, (name, scores) in enumerate(groups.items()):
+        ax.hist([float(v) for v in scores], bins=edges, alpha=0.5, color=f"C{i}", label=name)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("数量 (count)")
+    ax.legend()
+    _save(fig, save)
+    return fig
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isnan(value)
+
+
+def _check_smooth(smooth: float) -> None:
+    if not 0.0 <= smooth < 1.0:
+        raise PlottingError(f"smooth must be in [0, 1) (0 = no smoothing, 0.9 = strong), got {smooth}.")
+
+
+def _ylabel(key: str) -> str:
+    base = key.removeprefix("eval_")
+    for pattern, label in _YLABEL_RULES:
+        if fnmatch.fnmatchcase(base, pattern):
+            return label
+    return base
+
+
+def _save(fig: Figure, save: str | Path | None) -> None:
+    if save is None:
+        return
+    path = Path(save)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=SAVE_DPI, format="png")

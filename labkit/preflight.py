@@ -1,0 +1,46 @@
+"""Before loading a model: turn a profile into a memory plan and refuse it if it will not fit."""
+
+from __future__ import annotations
+
+from labkit.hardware import GiB, Hardware
+from labkit.memory import MODEL_SPECS, MemoryEstimate, ModelSpec, TrainPlan, check_fits, estimate_memory
+from labkit.profiles import Profile
+
+TINY_VOCAB = 1024  # upper bound of the tiny tokenizer's vocabulary, for the estimate only
+
+
+def model_spec(profile: Profile) -> ModelSpec:
+    """The architecture numbers of the profile's model (no download needed)."""
+    if profile.model_id == "tiny":
+        from transformers import Qwen3Config
+
+        from labkit.tiny import TINY_MODEL
+
+        return ModelSpec.from_config(Qwen3Config(vocab_size=TINY_VOCAB, tie_word_embeddings=True,
+                                                 **TINY_MODEL))
+    if profile.model_id not in MODEL_SPECS:
+        raise KeyError(f"no architecture numbers for {profile.model_id!r}; add it to "
+                       f"labkit.memory.MODEL_SPECS (known: {sorted(MODEL_SPECS)})")
+    return MODEL_SPECS[profile.model_id]
+
+
+def train_plan(profile: Profile, lab: str = "sft") -> TrainPlan:
+    """The memory plan of training `lab` with `profile` (LoRA, batch, sequence, precision)."""
+    return TrainPlan(
+        model=model_spec(profile), weight_dtype=profile.dtype, quant=profile.quant,
+        lora_rank=profile.lora_rank, lora_target_modules=tuple(profile.lora_targets),
+        batch_size=profile.batch_size, gradient_accumulation_steps=profile.grad_accum,
+        seq_len=profile.max_length, gradient_checkpointing=profile.gradient_checkpointing,
+    )
+
+
+def preflight(profile: Profile, hardware: Hardware, lab: str = "sft",
+              plan: TrainPlan | None = None) -> MemoryEstimate:
+    """Estimate peak memory; on a GPU, raise MemoryBudgetError (with the fix) if it won't fit.
+
+    On the CPU profile there is no VRAM to check: the estimate is returned for display.
+    """
+    plan = plan or train_plan(profile, lab)
+    if hardware.device != "cuda":
+        return estimate_memory(plan)
+    return check_fits(plan, int(hardware.vram_total_gb * GiB))

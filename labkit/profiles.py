@@ -1,0 +1,139 @@
+"""Hardware profiles: one flat record of every size and switch a lab needs.
+
+A profile fixes the model, precision, quantization, LoRA and the batch / generation sizes.
+Labs may adjust a few fields (`LAB_OVERRIDES`), and a notebook's `parameters` cell may
+override any field by name. Nothing here imports torch or transformers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from labkit.hardware import Hardware
+
+SYSTEM_PROMPT = ("Solve the math problem. Think step by step inside <think>...</think>, "
+                 "then give only the final number after </think>.")
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    device: str                      # "cpu" or "cuda"
+    min_vram_gb: float               # the smallest GPU this profile is meant for
+    model_id: str                    # "tiny" = the kit's own model; else a hub id or local path
+    dtype: str                       # "fp32" | "fp16" | "bf16"
+    quant: str | None                # None | "4bit" (QLoRA through bitsandbytes)
+    dataset: str                     # "kit" (data/) or "gsm8k"
+    system_prompt: str | None        # prepended to every prompt (None: the tiny model has none)
+    lora_rank: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj",
+                                     "gate_proj", "up_proj", "down_proj")
+    batch_size: int = 8              # per-device micro-batch
+    grad_accum: int = 1
+    max_steps: int = 100
+    learning_rate: float = 2e-4
+    max_length: int = 512            # prompt + response tokens for training
+    max_new_tokens: int = 256        # generation budget at evaluation / rollout time
+    num_generations: int = 8         # G completions per prompt in RL labs
+    eval_limit: int = 200            # held-out problems evaluated
+    eval_batch_size: int = 32
+    gradient_checkpointing: bool = False
+
+    def table(self, hardware: Hardware | None = None) -> str:
+        """A two-column text table of the hardware (if given) and every profile field."""
+        rows = hardware.rows() if hardware else []
+        rows += [(f.name, str(getattr(self, f.name))) for f in fields(self)]
+        width = max(len(k) for k, _ in rows)
+        return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+PROFILES: dict[str, Profile] = {
+    "cpu": Profile(
+        name="cpu", description="CPU only, offline: the kit's tiny model and data (CI, laptops)",
+        device="cpu", min_vram_gb=0, model_id="tiny", dtype="fp32", quant=None, dataset="kit",
+        system_prompt=None, lora_rank=16, lora_alpha=32, batch_size=32, max_steps=200,
+        learning_rate=3e-3, max_length=128, max_new_tokens=48, num_generations=8,
+        eval_limit=300, eval_batch_size=100,
+    ),
+    "t4": Profile(
+        name="t4", description="16 GB, no bf16 (Colab T4): Qwen3-0.6B, fp16 compute, 4-bit + LoRA",
+        device="cuda", min_vram_gb=14, model_id="Qwen/Qwen3-0.6B", dtype="fp16", quant="4bit",
+        dataset="gsm8k", system_prompt=SYSTEM_PROMPT, batch_size=4, grad_accum=4,
+        max_steps=200, learning_rate=2e-4, max_length=768, max_new_tokens=384,
+        num_generations=4, eval_limit=200, eval_batch_size=32, gradient_checkpointing=True,
+    ),
+    "24gb": Profile(
+        name="24gb", description="24 GB (RTX 3090/4090): Qwen3-1.7B-Base, bf16, LoRA",
+        device="cuda", min_vram_gb=22, model_id="Qwen/Qwen3-1.7B-Base", dtype="bf16",
+        quant=None, dataset="gsm8k", system_prompt=SYSTEM_PROMPT, batch_size=4, grad_accum=4,
+        max_steps=300, learning_rate=1e-4, max_length=1024, max_new_tokens=512,
+        num_generations=8, eval_limit=300, eval_batch_size=64, gradient_checkpointing=True,
+    ),
+    "80gb": Profile(
+        name="80gb", description="40-80 GB (A100/H100): Qwen3-1.7B-Base, bf16, LoRA, larger groups",
+        device="cuda", min_vram_gb=38, model_id="Qwen/Qwen3-1.7B-Base", dtype="bf16",
+        quant=None, dataset="gsm8k", system_prompt=SYSTEM_PROMPT, lora_rank=64, lora_alpha=128,
+        batch_size=16, grad_accum=1, max_steps=500, learning_rate=1e-4, max_length=1024,
+        max_new_tokens=768, num_generations=16, eval_limit=500, eval_batch_size=128,
+    ),
+}
+
+# Per-lab adjustments on top of a profile (fields not named keep the profile's value).
+LAB_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
+    "sft": {"cpu": {}},
+}
+
+
+class ProfileError(ValueError):
+    """An unknown profile or field, or a profile that does not match the hardware."""
+
+
+def choose_profile(hw: Hardware) -> str:
+    """The largest profile whose memory floor the detected GPU meets; "cpu" without a GPU.
+
+    A GPU without bf16 (T4, V100) always gets "t4": its fp16 + 4-bit recipe is the one that works there.
+    """
+    if hw.device != "cuda":
+        return "cpu"
+    if not hw.bf16:
+        return "t4"
+    for name in ("80gb", "24gb", "t4"):
+        if hw.vram_total_gb >= PROFILES[name].min_vram_gb:
+            return name
+    raise ProfileError(
+        f"{hw.name} has {hw.vram_total_gb:.1f} GiB; the smallest GPU profile needs "
+        f"{PROFILES['t4'].min_vram_gb} GiB. Use PROFILE = 'cpu' in the parameters cell."
+    )
+
+
+def get_profile(name: str = "auto", lab: str | None = None, hardware: Hardware | None = None,
+                **overrides: Any) -> Profile:
+    """Resolve `name` ("auto" picks from `hardware`), apply the lab's and the caller's overrides.
+
+    Overrides whose value is None are ignored, so a parameters cell can say `MAX_STEPS = None`
+    to mean "the profile's default".
+    """
+    if name == "auto":
+        if hardware is None:
+            from labkit.hardware import detect
+            hardware = detect()
+        name = choose_profile(hardware)
+    if name not in PROFILES:
+        raise ProfileError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)} or 'auto'")
+    profile = PROFILES[name]
+    if hardware is not None and profile.device == "cuda" and hardware.device != "cuda":
+        raise ProfileError(f"profile {name!r} needs a CUDA GPU but none was found; use 'cpu'")
+    valid = {f.name for f in fields(Profile)}
+    changes = dict(LAB_OVERRIDES.get(lab or "", {}).get(name, {}))
+    changes.update({k: v for k, v in overrides.items() if v is not None})
+    unknown = sorted(set(changes) - valid)
+    if unknown:
+        raise ProfileError(f"unknown profile field(s) {unknown}; valid fields: {sorted(valid)}")
+    return replace(profile, **changes)

@@ -1,0 +1,68 @@
+"""Supervised fine-tuning with TRL's SFTTrainer and LoRA: the config lab 01 teaches, reused by
+the SFT stage so later labs can start from an SFT model without running lab 01."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from trl import SFTConfig
+
+from labkit.profiles import Profile
+
+
+def precision_args(profile: Profile) -> dict[str, bool]:
+    """TRL configs default to bf16, which fails on a CPU and on a T4: say it explicitly."""
+    return {"use_cpu": profile.device == "cpu", "bf16": profile.dtype == "bf16",
+            "fp16": profile.dtype == "fp16"}
+
+
+def sft_config(profile: Profile, output_dir: str | Path, seed: int = 0) -> SFTConfig:
+    """SFTConfig for `profile`: assistant-only loss, LoRA-friendly learning rate, no checkpoints."""
+    return SFTConfig(
+        output_dir=str(output_dir),
+        max_steps=profile.max_steps,
+        per_device_train_batch_size=profile.batch_size,
+        gradient_accumulation_steps=profile.grad_accum,
+        learning_rate=profile.learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=max(1, profile.max_steps // 20),
+        max_length=profile.max_length,
+        assistant_only_loss=True,       # loss only on the assistant turn (see the label mask)
+        packing=False,
+        gradient_checkpointing=profile.gradient_checkpointing,
+        logging_steps=max(1, profile.max_steps // 30),
+        save_strategy="no",
+        report_to="none",
+        seed=seed,
+        dataloader_num_workers=0,
+        **precision_args(profile),
+    )
+
+
+def sft_dataset(profile: Profile, limit: int | None = None):
+    """Conversational SFT rows: the kit's sft split on CPU, GSM8K's train split on GPU profiles."""
+    from labkit.data import load_problems, sft_messages, to_dataset
+
+    rows = load_problems(profile.dataset, "sft", limit=limit)
+    return to_dataset(rows, lambda r: {"messages": sft_messages(r, profile.system_prompt)})
+
+
+def train_sft(profile: Profile, base_path: str | Path, out: Path, seed: int = 0) -> dict:
+    """Train LoRA SFT from `base_path`; save a merged model (or the adapter when quantized) to `out`."""
+    from trl import SFTTrainer
+
+    from labkit.models import load_model, load_tokenizer, lora_config
+
+    tokenizer = load_tokenizer(base_path, padding_side="right")
+    model = load_model(base_path, profile)
+    trainer = SFTTrainer(model=model, args=sft_config(profile, out / "trainer", seed),
+                         train_dataset=sft_dataset(profile), processing_class=tokenizer,
+                         peft_config=lora_config(profile))
+    trainer.train()
+    if profile.quant is None:
+        trainer.model.merge_and_unload().save_pretrained(out)
+    else:
+        trainer.model.save_pretrained(out)
+        (out / "base_model_path.txt").write_text(str(base_path), encoding="utf-8")
+    tokenizer.save_pretrained(out)
+    return {"log_history": trainer.state.log_history}

@@ -1,0 +1,279 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 实验 01：监督微调（SFT）与 LoRA
+#
+# **目标**
+# 1. 看懂聊天模板（chat template）如何把一问一答变成一串 token；
+# 2. 亲手构造 SFT 的标签掩码（只在助手回复上计算损失），并与 TRL 的结果逐个 token 对照；
+# 3. 亲手计算一批数据的 SFT 损失和 LoRA 可训练参数量，再与 TRL / PEFT 对照；
+# 4. 用 TRL `SFTTrainer` + LoRA 训练，比较训练前后在留出集上的贪心解码准确率。
+#
+# **前置知识**：实验 00（环境与硬件配置）；PyTorch 基础；交叉熵。
+#
+# **运行时间**：CPU 配置约 2 分钟（基座模型阶段已缓存时；首次构建基座约需 7 分钟，之后复用）。
+#
+# 本实验的起点是一个"基座模型"（base）：CPU 配置下是本课程自带的微型 Qwen3（约 86 万参数），
+# 它在 `data/pretrain.jsonl` 上预训练过，会用纯文本解题，但从未见过对话格式和 `<think>` 标签；
+# GPU 配置下是真实的 Qwen3 模型。SFT 要教会它按课程约定的格式作答：`<think>推理</think>答案`。
+
+# %% tags=["parameters"]
+PROFILE = "auto"      # "auto" | "cpu" | "t4" | "24gb" | "80gb"
+SEED = 0
+MAX_STEPS = None      # None: use the profile's default
+LEARNING_RATE = None
+EVAL_LIMIT = None     # number of held-out problems to evaluate (None: profile default)
+
+# %%
+from labkit.runtime import setup
+
+profile = setup(PROFILE, lab="sft", seed=SEED, max_steps=MAX_STEPS,
+                learning_rate=LEARNING_RATE, eval_limit=EVAL_LIMIT)
+
+# %% [markdown]
+# ## 理论回顾
+#
+# **SFT 损失。** 一条样本由提示 $x$（用户消息，经聊天模板展开）和回复 $y=(y_1,\dots,y_T)$ 组成。
+# 我们只希望模型学会"写回复"，不必学会"复述问题"，所以只在回复 token 上计算负对数似然：
+#
+# $$\mathcal{L}_{\text{SFT}}(\theta) = -\frac{1}{\sum_t m_t}\sum_{t} m_t \log \pi_\theta(y_t \mid x, y_{<t}),$$
+#
+# 其中掩码 $m_t=1$ 当且仅当第 $t$ 个 token 属于助手回复（包括结束符 `<|im_end|>`，否则模型学不会停下）。
+# 实现上把非回复位置的标签设为 $-100$，PyTorch 的交叉熵会忽略它们。
+#
+# **LoRA。** 冻结原权重 $W_0\in\mathbb{R}^{d_{out}\times d_{in}}$，只训练低秩增量：
+#
+# $$W = W_0 + \frac{\alpha}{r} B A,\qquad A\in\mathbb{R}^{r\times d_{in}},\; B\in\mathbb{R}^{d_{out}\times r},\; B \text{ 初始化为 } 0 .$$
+#
+# 每个被适配的线性层只增加 $r(d_{in}+d_{out})$ 个可训练参数；$B=0$ 保证训练开始时模型输出不变。
+
+# %%
+import pandas as pd
+import torch
+from trl import SFTTrainer
+
+from labkit import metrics
+from labkit.algorithms import masked_mean, token_logprobs
+from labkit.data import load_problems, sft_messages
+from labkit.evaluate import evaluate_accuracy
+from labkit.models import load_model, load_tokenizer, lora_config
+from labkit.plotting import plot_bars, plot_metrics
+from labkit.sft import sft_config, sft_dataset
+from labkit.stages import get_stage, model_path
+
+base_dir = model_path(get_stage("base", profile))
+tokenizer = load_tokenizer(base_dir)
+model = load_model(base_dir, profile)
+print(f"base model: {profile.model_id}, {sum(p.numel() for p in model.parameters()):,} parameters")
+
+# %% [markdown]
+# ## 第一步：聊天模板
+#
+# 聊天模板把消息列表渲染成一段文本。本课程的微型模型使用与 Qwen 相同的 ChatML 格式；
+# 模板中的 `{% generation %}` 标记圈出助手回复，供 TRL 计算"只在助手回复上的损失"。
+# 注意分词器把每个数字切成单独的 token（`5`,`3`），这让小模型更容易学会逐位算术。
+
+# %%
+train_rows = load_problems(profile.dataset, "sft")
+example = sft_messages(train_rows[0], profile.system_prompt)
+rendered = tokenizer.apply_chat_template(example, tokenize=False)
+print(rendered)
+ids = tokenizer.apply_chat_template(example, tokenize=True, return_dict=True)["input_ids"]
+print(len(ids), "tokens:", [tokenizer.decode([i]) for i in ids][-24:])
+
+# %% [markdown]
+# ## 第二步：训练前的准确率
+#
+# 在留出集（`data/eval.jsonl`，问题与训练数据不重叠）上做贪心解码。判分用 `labkit.rewards`：
+# 取 `</think>` 之后的最后一个数（或 `\boxed{}`），与标准答案做数值等价比较。
+
+# %%
+eval_rows = load_problems(profile.dataset, "eval", limit=profile.eval_limit)
+before = evaluate_accuracy(model, tokenizer, eval_rows, profile, desc="eval before SFT")
+print(f"held-out accuracy before SFT: {before.accuracy:.3f}  (format ok: {before.format_rate:.3f})")
+print("by level:", {k: round(v, 3) for k, v in before.by_level.items()})
+print("sample completion:", repr(before.completions[0][:120]))
+
+# %% [markdown]
+# 基座模型没见过对话格式，几乎不会产生 `<think>...</think>答案` 的回复，所以准确率接近 0——
+# 尽管它"会算"（它在纯文本格式下能解大部分题，见 `stage.json` 中的预训练记录）。SFT 要解决的正是格式与指令遵循。
+#
+# ## 第三步：构造 SFTTrainer，并手写标签掩码对照
+#
+# 先用 `labkit.sft.sft_config` 得到本配置的 `SFTConfig`（关键项：`assistant_only_loss=True`、
+# CPU 上 `use_cpu=True, bf16=False`）。构造 trainer 时 TRL 会对数据集分词并生成 `assistant_masks`。
+
+# %%
+tokenizer.padding_side = "right"
+args = sft_config(profile, output_dir="outputs/01_sft", seed=SEED)
+trainer = SFTTrainer(model=model, args=args, train_dataset=sft_dataset(profile),
+                     processing_class=tokenizer, peft_config=lora_config(profile))
+print({k: getattr(args, k) for k in ["max_steps", "per_device_train_batch_size", "learning_rate",
+                                     "assistant_only_loss", "use_cpu", "bf16", "fp16"]})
+
+
+# %% [markdown]
+# 手写版本：把"提示 + 助手头"（`add_generation_prompt=True`）单独分词，它是完整对话分词结果的前缀；
+# 前缀之后、直到（包括）助手回复的 `<|im_end|>` 为止的 token 是要学习的部分，其余标签为 $-100$。
+
+# %%
+def labels_by_hand(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) with labels = -100 everywhere except the assistant reply."""
+    full = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
+    prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=True, add_generation_prompt=True,
+                                           return_dict=True)["input_ids"]
+    assert full[:len(prompt)] == prompt, "the prompt must be a prefix of the full conversation"
+    end = len(full) - full[::-1].index(tokenizer.eos_token_id)   # just after the last <|im_end|>
+    labels = [-100] * len(prompt) + full[len(prompt):end] + [-100] * (len(full) - end)
+    return full, labels
+
+
+trl_batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+for i in range(4):
+    ids_hand, labels_hand = labels_by_hand(tokenizer, sft_messages(train_rows[i], profile.system_prompt))
+    n = len(ids_hand)
+    assert trl_batch["input_ids"][i, :n].tolist() == ids_hand
+    assert trl_batch["labels"][i, :n].tolist() == labels_hand, f"row {i}: masks differ"
+print("hand-built labels == TRL labels for 4 rows")
+print("learned tokens of row 0:", repr(tokenizer.decode([t for t in labels_hand if t != -100])))
+
+# %% [markdown]
+# ## 第四步：手算一批数据的 SFT 损失
+#
+# 因果语言模型在位置 $t$ 预测第 $t+1$ 个 token，所以 logits 要左移一位与标签对齐。
+# 用 `labkit.algorithms.token_logprobs` 取每个标签的对数概率，再对掩码求平均，应与模型自己算出的损失一致。
+
+# %%
+with torch.no_grad():
+    out = trainer.model(input_ids=trl_batch["input_ids"], attention_mask=trl_batch["attention_mask"],
+                        labels=trl_batch["labels"])
+    logits, labels = out.logits[:, :-1], trl_batch["labels"][:, 1:]
+    mask = labels != -100
+    logp = token_logprobs(logits.float(), labels.clamp(min=0))
+    loss_by_hand = -masked_mean(logp, mask)
+print(f"loss by hand {loss_by_hand.item():.5f}   model loss {out.loss.item():.5f}")
+assert torch.allclose(loss_by_hand, out.loss.float(), atol=1e-4)
+
+# %% [markdown]
+# ## 第五步：LoRA 参数量
+#
+# 按公式 $r(d_{in}+d_{out})$ 对每个被适配的线性层求和，与 PEFT 报告的可训练参数量对照。
+
+# %%
+lora_by_hand = sum(profile.lora_rank * (m.in_features + m.out_features)
+                   for name, m in trainer.model.named_modules()
+                   if isinstance(m, torch.nn.Linear) and name.split(".")[-1] in profile.lora_targets)
+trainable, total = trainer.model.get_nb_trainable_parameters()
+print(f"LoRA parameters by hand {lora_by_hand:,}; PEFT: {trainable:,} trainable of {total:,} "
+      f"({100 * trainable / total:.1f} %)")
+assert lora_by_hand == trainable
+
+# %% [markdown]
+# ## 第六步：训练
+#
+# 进度条显示训练步数；日志中的 `loss` 与 `mean_token_accuracy` 都只统计助手回复上的 token。
+
+# %%
+train_result = trainer.train()
+sft_seconds = train_result.metrics["train_runtime"]
+fig = plot_metrics(trainer.state.log_history, ["loss", "token_accuracy"],
+                   title="SFT 训练曲线 / SFT training curves")
+
+# %% [markdown]
+# ## 第七步：训练后的评估
+
+# %%
+sft_model = trainer.model.merge_and_unload() if profile.quant is None else trainer.model
+after = evaluate_accuracy(sft_model, tokenizer, eval_rows, profile, desc="eval after SFT")
+print(f"held-out accuracy: before {before.accuracy:.3f} -> after {after.accuracy:.3f}")
+print(f"format ok:         before {before.format_rate:.3f} -> after {after.format_rate:.3f}")
+levels = sorted(after.by_level)
+fig = plot_bars({**{f"L{k} 训练前": before.by_level[k] for k in levels},
+                 **{f"L{k} 训练后": after.by_level[k] for k in levels}},
+                title="各难度级别的留出集准确率 / held-out accuracy by level", ylabel="准确率 (0-1)")
+
+# %%
+samples = pd.DataFrame({
+    "question": [r["question"] for r in eval_rows[:6]],
+    "gold": [r["answer"] for r in eval_rows[:6]],
+    "before SFT": [c[:60] for c in before.completions[:6]],
+    "after SFT": [c[:60] for c in after.completions[:6]],
+})
+samples
+
+# %% [markdown]
+# **读结果。** 上面的数字来自本次运行：SFT 几乎只改变了"如何作答"，格式正确率从接近 0 升到接近 1，
+# 准确率随之上升。微型模型的算术能力来自基座预训练；第 3 级（三步、两位数运算）仍是最弱的一档，
+# 这为后面的强化学习实验（实验 05）留出了提升空间。微型模型上的结论只说明机制，不代表大模型上的幅度。
+#
+# 后续实验需要 SFT 模型时调用 `get_stage("sft", profile)`：labkit 用与本实验相同的配方（`labkit.sft`）训练并缓存，
+# 所以不必先运行本 notebook。
+#
+# ## 练习
+#
+# **练习 1**：写出 LoRA 给一个 $d_{in}\times d_{out}$ 线性层增加的可训练参数量。
+
+# %% tags=["solution"]
+def lora_extra_params(d_in: int, d_out: int, r: int) -> int:
+    # TODO: 返回秩为 r 的 LoRA 增加的参数量
+    return r * (d_in + d_out)
+
+
+# %% tags=["check"]
+from labkit import exercises
+
+
+def check_lora_extra_params(fn):
+    exercises.check_equal("lora_extra_params(1024, 2048, 8)", fn(1024, 2048, 8), 24576,
+                          hint="A 是 r×d_in，B 是 d_out×r")
+    exercises.check_equal("lora_extra_params(128, 128, 16)", fn(128, 128, 16), 4096)
+
+
+check_lora_extra_params(lora_extra_params)
+
+# %% tags=["wrong"]
+exercises.expect_failure(lambda: check_lora_extra_params(lambda d_in, d_out, r: d_in * d_out))
+
+# %% [markdown]
+# **练习 2**：给定每个位置的对数概率 `logp` 和掩码 `mask`（1 表示助手回复），写出 SFT 损失
+# （只在掩码位置上平均负对数似然）。
+
+# %% tags=["solution"]
+def sft_loss(logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    # TODO: 只在 mask 为 1 的位置上求负对数似然的平均
+    return -(logp * mask).sum() / mask.sum()
+
+
+# %% tags=["check"]
+def check_sft_loss(fn):
+    logp = torch.tensor([[-0.1, -2.0, -0.5], [-1.0, -0.2, -3.0]])
+    mask = torch.tensor([[0.0, 1.0, 1.0], [0.0, 0.0, 1.0]])
+    exercises.check_close("sft_loss", fn(logp, mask), (2.0 + 0.5 + 3.0) / 3,
+                          hint="分母是掩码中 1 的个数，而不是全部 token 数")
+
+
+check_sft_loss(sft_loss)
+
+# %% tags=["wrong"]
+exercises.expect_failure(lambda: check_sft_loss(lambda logp, mask: -(logp * mask).mean()))
+
+# %% [markdown]
+# **思考题**（不计分）：把 `assistant_only_loss` 关掉（在全部 token 上算损失）会怎样？
+# 提示：问题中的名字和数字是随机的，模型会把容量花在预测它们上。
+
+# %%
+metrics.record(heldout_acc_before=round(before.accuracy, 4), heldout_acc_after=round(after.accuracy, 4),
+               format_rate_before=round(before.format_rate, 4), format_rate_after=round(after.format_rate, 4),
+               sft_train_seconds=round(sft_seconds, 1))
+metrics.show()

@@ -1,0 +1,246 @@
+"""Tests over the real course notebooks in notebooks/ (each test skips while there are none).
+
+Conventions checked here (the notebook authors follow them):
+
+a. Pairing. `notebooks/NN_name.py` (jupytext percent script) is the source of truth and
+   `notebooks/NN_name.ipynb` holds the same cells plus committed outputs: cell types, sources
+   and tags must agree (outputs and other metadata are ignored). Every NN_name.ipynb has a .py.
+   Rebuild the .ipynb with `python -m labkit.course NN` after editing the .py (or edit it in
+   JupyterLab with jupytext pairing, which saves both).
+b. Shape. The first code cell is tagged `parameters` and assigns PROFILE and SEED. The last
+   code cell calls `metrics.show()` (`labkit.metrics.show()` also counts). The committed
+   .ipynb is executed (every code cell has an execution count), has no error outputs and no
+   machine paths in its text outputs (/tmp/, /root/, /work/, /home/<user>).
+c. Exercises (see labkit/exercises.py). There is at least one exercise. Each is three
+   consecutive code cells (markdown may sit in between):
+     `solution`  the answer; a marker line `# TODO ...` or `# 你的代码 ...` starts the part the
+                 student writes (it runs to the end of the cell);
+     `check`     asserts with labkit.exercises.check_* helpers;
+     `wrong`     calls labkit.exercises.expect_failure(lambda: <the check fed a wrong answer>),
+                 proving in every execution that the check rejects a wrong answer. It must not
+                 rebind any top-level name the solution cell binds (later cells use them).
+   `labkit.exercises.make_student_copy` must work: no `wrong` cells, no outputs, and no line of
+   the solution after the marker left in the copy.
+d. Execution (marked `notebook`, slow: minutes). Each notebook runs through the course runner
+   on PROFILE "cpu" into a temp dir, must succeed, and must record the headline metrics in
+   EXPECTED_METRICS with at least the values in MIN_VALUES (other notebooks: status ok only).
+   Fast suite: `pytest -m "not notebook"`.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import io
+import re
+from pathlib import Path
+
+import jupytext
+import nbformat
+import pytest
+
+from labkit.course import discover, run_notebooks
+from labkit.exercises import MARKERS, STUB, make_student_copy
+
+NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+SCRIPTS = discover(NOTEBOOKS_DIR) if NOTEBOOKS_DIR.is_dir() else []
+MACHINE_PATH = re.compile(r"/tmp/|/root/|/work/|/home/[^/\s]+")
+NOTEBOOK_TIMEOUT_S = 3600  # per cell; CPU runs of the training notebooks take minutes
+
+# Headline metrics each notebook must record (labkit.metrics.record) and minimum values on "cpu".
+EXPECTED_METRICS: dict[str, list[str]] = {
+    "00_environment": [],
+    "01_sft": ["heldout_acc_before", "heldout_acc_after"],
+}
+MIN_VALUES: dict[str, dict[str, float]] = {
+    "01_sft": {"heldout_acc_after": 0.8},
+}
+
+
+def _each_script():
+    """Parametrize over the notebooks' scripts; a single skipped case while there are none."""
+    if not SCRIPTS:
+        return [pytest.param(None, marks=pytest.mark.skip(reason="notebooks/ has no NN_name.py notebooks yet"))]
+    return [pytest.param(script, id=script.stem) for script in SCRIPTS]
+
+
+def _tags(cell) -> list[str]:
+    return list(cell.metadata.get("tags", []))
+
+
+def _code_cells(nb) -> list:
+    return [cell for cell in nb.cells if cell.cell_type == "code"]
+
+
+def _parse(source: str, where: str) -> ast.Module:
+    """Parse a code cell; IPython magics (%pip, !ls) become comments."""
+    lines = ["# " + line if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines()]
+    try:
+        return ast.parse("\n".join(lines))
+    except SyntaxError as error:
+        pytest.fail(f"{where}: cannot parse the cell: {error}")
+
+
+def _bound_names(tree: ast.AST) -> set[str]:
+    """Names a cell binds at module level: assignments (also inside if/for/with/try), defs, imports."""
+    names: set[str] = set()
+    for child in ast.iter_child_nodes(tree):
+        if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(child.name)  # its body is another scope
+        elif isinstance(child, (ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)):
+            continue  # own scope
+        elif isinstance(child, (ast.Import, ast.ImportFrom)):
+            names.update((alias.asname or alias.name).split(".")[0] for alias in child.names)
+        elif isinstance(child, ast.Name) and isinstance(child.ctx, ast.Store):
+            names.add(child.id)
+        else:
+            names |= _bound_names(child)
+    return names
+
+
+def _calls(tree: ast.AST, dotted_suffix: str) -> bool:
+    """Whether `tree` calls something whose dotted name ends with `dotted_suffix` ("metrics.show")."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            name = ast.unparse(node.func)
+            if name == dotted_suffix or name.endswith("." + dotted_suffix):
+                return True
+    return False
+
+
+def _exercises(nb) -> list[tuple[int, int | None, int | None]]:
+    """(solution, check, wrong) indices into the code cells; None where the cell is missing."""
+    code = _code_cells(nb)
+    triples = []
+    for i, cell in enumerate(code):
+        if "solution" in _tags(cell):
+            check = i + 1 if i + 1 < len(code) and "check" in _tags(code[i + 1]) else None
+            wrong = i + 2 if check is not None and i + 2 < len(code) and "wrong" in _tags(code[i + 2]) else None
+            triples.append((i, check, wrong))
+    return triples
+
+
+def _output_texts(output) -> list[str]:
+    if output.output_type == "stream":
+        return [output.text]
+    if output.output_type == "error":
+        return [output.ename, output.evalue, *output.traceback]
+    return [data for mime, data in output.get("data", {}).items() if mime.startswith("text/") and isinstance(data, str)]
+
+
+# --- a. pairing -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("script", _each_script())
+def test_script_and_notebook_have_the_same_cells(script):
+    ipynb = script.with_suffix(".ipynb")
+    assert ipynb.exists(), f"{ipynb.name} is missing: run `python -m labkit.course {script.stem}`"
+    from_script, from_ipynb = jupytext.read(script), jupytext.read(ipynb)
+    cells_py = [(c.cell_type, c.source, _tags(c)) for c in from_script.cells]
+    cells_nb = [(c.cell_type, c.source, _tags(c)) for c in from_ipynb.cells]
+    for i, (a, b) in enumerate(zip(cells_py, cells_nb)):
+        assert a == b, (f"{script.stem}: cell {i} differs between .py and .ipynb (edit one, rebuild the other)."
+                        f"\n.py:    {a}\n.ipynb: {b}")
+    assert len(cells_py) == len(cells_nb), (
+        f"{script.stem}: {len(cells_py)} cells in .py but {len(cells_nb)} in .ipynb (edit one, rebuild the other)")
+
+
+def test_every_notebook_has_a_script():
+    ipynbs = sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb")) if NOTEBOOKS_DIR.is_dir() else []
+    if not ipynbs and not SCRIPTS:
+        pytest.skip("notebooks/ has no notebooks yet")
+    orphans = [p.name for p in ipynbs if not p.with_suffix(".py").exists()]
+    assert not orphans, f"notebooks without their percent script (the source of truth): {orphans}"
+
+
+# --- b. shape -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("script", _each_script())
+def test_first_code_cell_is_parameters(script):
+    first = _code_cells(jupytext.read(script))[0]
+    assert "parameters" in _tags(first), f"{script.name}: the first code cell must be tagged `parameters`"
+    bound = _bound_names(_parse(first.source, f"{script.name} parameters cell"))
+    missing = {"PROFILE", "SEED"} - bound
+    assert not missing, f"{script.name}: the parameters cell must assign {sorted(missing)}"
+
+
+@pytest.mark.parametrize("script", _each_script())
+def test_last_code_cell_shows_metrics(script):
+    last = _code_cells(jupytext.read(script))[-1]
+    assert _calls(_parse(last.source, f"{script.name} last cell"), "metrics.show"), (
+        f"{script.name}: the last code cell must call metrics.show()")
+
+
+@pytest.mark.parametrize("script", _each_script())
+def test_committed_notebook_is_executed_and_path_free(script):
+    ipynb = script.with_suffix(".ipynb")
+    if not ipynb.exists():
+        pytest.fail(f"{ipynb.name} is missing")
+    nb = nbformat.read(ipynb, as_version=4)
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        assert cell.execution_count is not None, f"{ipynb.name}: cell {i} was not executed; rerun the notebook"
+        for output in cell.outputs:
+            assert output.output_type != "error", f"{ipynb.name}: cell {i} has an error output"
+            for text in _output_texts(output):
+                found = MACHINE_PATH.search(text)
+                assert found is None, (f"{ipynb.name}: cell {i} output contains the machine path {found.group()!r}; "
+                                       "rerun it with `python -m labkit.course`, which sanitizes outputs")
+
+
+# --- c. exercises -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("script", _each_script())
+def test_every_solution_has_check_and_wrong_cells(script):
+    nb = jupytext.read(script)
+    code = _code_cells(nb)
+    triples = _exercises(nb)
+    assert triples, f"{script.name}: no cell tagged `solution` (every lab has at least one exercise)"
+    for solution, check, wrong in triples:
+        where = f"{script.name}, code cell {solution}"
+        assert check is not None, f"{where}: the next code cell after a `solution` cell must be tagged `check`"
+        assert wrong is not None, f"{where}: the code cell after the `check` cell must be tagged `wrong`"
+        wrong_tree = _parse(code[wrong].source, f"{where} (wrong)")
+        assert _calls(wrong_tree, "expect_failure"), f"{where}: the `wrong` cell must call exercises.expect_failure"
+        clobbered = _bound_names(wrong_tree) & _bound_names(_parse(code[solution].source, where))
+        assert not clobbered, (f"{where}: the `wrong` cell rebinds {sorted(clobbered)}, which later cells would then "
+                               "use; pass the wrong answer to the check function instead")
+    paired = {i for triple in triples for i in triple}
+    strays = [i for i, cell in enumerate(code) if {"check", "wrong"} & set(_tags(cell)) and i not in paired]
+    assert not strays, f"{script.name}: code cells {strays} are tagged check/wrong but follow no `solution` cell"
+
+
+@pytest.mark.parametrize("script", _each_script())
+def test_student_copy_hides_solutions(script, tmp_path):
+    original = jupytext.read(script)
+    make_student_copy(script, tmp_path / "student.ipynb")
+    copy = nbformat.read(tmp_path / "student.ipynb", as_version=4)
+    assert not [c for c in copy.cells if "wrong" in _tags(c)]
+    assert all(not c.outputs for c in _code_cells(copy))
+    solutions = [c for c in _code_cells(original) if "solution" in _tags(c)]
+    stubs = [c for c in _code_cells(copy) if "solution" in _tags(c)]
+    assert len(stubs) == len(solutions)
+    for solution, stub in zip(solutions, stubs):
+        assert stub.source.rstrip().endswith(STUB)
+        lines = solution.source.splitlines()
+        marker = next(i for i, line in enumerate(lines) if line.strip().startswith(MARKERS))
+        hidden = [line.strip() for line in lines[marker + 1:] if line.strip() and not line.strip().startswith("#")]
+        leaked = [line for line in hidden if line in {s.strip() for s in stub.source.splitlines()}]
+        assert not leaked, f"{script.name}: solution lines left in the student copy: {leaked}"
+
+
+# --- d. execution -----------------------------------------------------------------------------
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("script", _each_script())
+def test_notebook_runs_on_cpu(script, tmp_path):
+    with contextlib.redirect_stdout(io.StringIO()) as progress:
+        [record] = run_notebooks([script.stem], profile="cpu", out_dir=tmp_path, timeout=NOTEBOOK_TIMEOUT_S,
+                                 notebooks_dir=NOTEBOOKS_DIR)
+    executed = tmp_path / f"{script.stem}.ipynb"
+    assert record["status"] == "ok", f"{script.stem} failed: {record['error']} (see {executed})"
+    missing = [name for name in EXPECTED_METRICS.get(script.stem, []) if name not in record["metrics"]]
+    assert not missing, f"{script.stem} did not record {missing}; recorded {record['metrics']}"
+    for name, minimum in MIN_VALUES.get(script.stem, {}).items():
+        assert record["metrics"][name] >= minimum, f"{script.stem}: {name}={record['metrics'][name]} < {minimum}"
+    assert progress.getvalue().startswith(f"[1/1] {script.stem} ")
