@@ -60,3 +60,28 @@ def evaluate_accuracy(model, tokenizer, rows: list[dict], profile: Profile,
         by_level={lvl: sum(v) / len(v) for lvl, v in sorted(by_level.items())},
         completions=completions, correct=correct,
     )
+
+
+@torch.no_grad()
+def plain_text_accuracy(model, tokenizer, rows: list[dict], *, max_new_tokens: int,
+                        batch_size: int) -> float:
+    """Accuracy of a base model prompted the way it was pretrained: the bare question and a newline.
+
+    The answer is the last number of the continuation (labkit.rewards.extract_answer). This shows
+    what a base model can do before it knows any chat format.
+    """
+    from labkit.rewards import answers_match, extract_answer
+
+    model.eval()
+    tokenizer.padding_side = "left"
+    correct = 0
+    for start in tqdm(range(0, len(rows), batch_size), desc="plain-text eval", leave=False):
+        batch = rows[start:start + batch_size]
+        enc = tokenizer([r["question"] + "\n" for r in batch], return_tensors="pt",
+                        padding=True).to(model.device)
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.pad_token_id)
+        texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        correct += sum(answers_match(extract_answer(t.strip()), r["answer"])
+                       for t, r in zip(texts, batch))
+    return correct / len(rows)

@@ -104,6 +104,10 @@ def _candidates() -> tuple[str, ...]:
     return tuple(dict.fromkeys(e for e in (configured, *DEFAULT_CANDIDATES) if e))
 
 
+_OFFLINE_NOTE = ("\nNote: HF_HUB_OFFLINE=1 is set (the CPU profile sets it), so only the local "
+                 "cache was searched and it has no copy.")
+
+
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
 
@@ -144,7 +148,12 @@ def _resolve_on_hf(repo_id: str, repo_type: str, probe: Callable[[str], bool],
                    hf_download: Callable[..., str]) -> str | None:
     """Download from the cache (offline mode) or the first reachable endpoint; None if none."""
     if _offline():
-        return hf_download(repo_id, repo_type=repo_type, endpoint=None)
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
+        try:
+            return hf_download(repo_id, repo_type=repo_type, endpoint=None)
+        except LocalEntryNotFoundError:
+            return None  # not cached: fall through to ModelScope or the explanatory error
     endpoint = choose_endpoint(_candidates(), probe)
     if endpoint is None:
         return None
@@ -186,6 +195,7 @@ def resolve_model(model_id: str, *, modelscope_id: str | None = None,
         f"./{name}` or `hf download {model_id} --local-dir ./{name}`, and pass the local path "
         f"'./{name}' instead of {model_id!r}.\n"
         "If you downloaded it before, configure_hub(offline=True) uses the local cache."
+        + _OFFLINE_NOTE * _offline()
     )
 
 
@@ -212,4 +222,5 @@ def resolve_dataset(dataset_id: str, *, probe: Callable[[str], bool] = hub_reach
         f"./{name}`, or from modelscope.cn) and pass the local path './{name}' instead of "
         f"{dataset_id!r}.\n"
         "If you downloaded it before, configure_hub(offline=True) uses the local cache."
+        + _OFFLINE_NOTE * _offline()
     )

@@ -59,7 +59,7 @@ PROFILES: dict[str, Profile] = {
         name="cpu", description="CPU only, offline: the kit's tiny model and data (CI, laptops)",
         device="cpu", min_vram_gb=0, model_id="tiny", dtype="fp32", quant=None, dataset="kit",
         system_prompt=None, lora_rank=16, lora_alpha=32, batch_size=32, max_steps=200,
-        learning_rate=3e-3, max_length=128, max_new_tokens=48, num_generations=8,
+        learning_rate=5e-3, max_length=128, max_new_tokens=48, num_generations=8,
         eval_limit=300, eval_batch_size=100,
     ),
     "t4": Profile(
@@ -82,6 +82,7 @@ PROFILES: dict[str, Profile] = {
         quant=None, dataset="gsm8k", system_prompt=SYSTEM_PROMPT, lora_rank=64, lora_alpha=128,
         batch_size=16, grad_accum=1, max_steps=500, learning_rate=1e-4, max_length=1024,
         max_new_tokens=768, num_generations=16, eval_limit=500, eval_batch_size=128,
+        gradient_checkpointing=True,
     ),
 }
 
@@ -102,9 +103,7 @@ def choose_profile(hw: Hardware) -> str:
     """
     if hw.device != "cuda":
         return "cpu"
-    if not hw.bf16:
-        return "t4"
-    for name in ("80gb", "24gb", "t4"):
+    for name in ("80gb", "24gb", "t4") if hw.bf16 else ("t4",):
         if hw.vram_total_gb >= PROFILES[name].min_vram_gb:
             return name
     raise ProfileError(

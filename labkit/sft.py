@@ -29,7 +29,8 @@ def sft_config(profile: Profile, output_dir: str | Path, seed: int = 0) -> SFTCo
         max_length=profile.max_length,
         assistant_only_loss=True,       # loss only on the assistant turn (see the label mask)
         packing=False,
-        gradient_checkpointing=profile.gradient_checkpointing,
+        # transformers 5 renamed gradient_checkpointing; TRL still defaults the old name to True.
+        activation_checkpointing=profile.gradient_checkpointing,
         logging_steps=max(1, profile.max_steps // 30),
         save_strategy="no",
         report_to="none",

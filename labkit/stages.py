@@ -32,11 +32,12 @@ def stage_key(name: str, profile: Profile) -> str:
     from labkit.data import DATA_DIR
 
     canonical = get_profile(profile.name, lab=name).to_dict()
+    is_tiny = canonical["model_id"] == "tiny"
     if KEY_FIELDS[name] is not None:
         canonical = {k: canonical[k] for k in KEY_FIELDS[name]}
     payload = {
         "stage": name, "version": VERSIONS[name], "profile": canonical,
-        "data": {f: _file_hash(DATA_DIR / f) for f in DATA_FILES[name]} if profile.model_id == "tiny" else {},
+        "data": {f: _file_hash(DATA_DIR / f) for f in DATA_FILES[name]} if is_tiny else {},
         "upstream": {d: stage_key(d, profile) for d in DEPENDS[name]},
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]

@@ -73,6 +73,7 @@ overview
 # 每层：注意力 $q,k,v,o$ 投影，$q/k$ 归一化，SwiGLU 的三个矩阵，两个 RMSNorm；加上词嵌入（与输出层共享）。
 
 # %%
+# NBVAL_CHECK_OUTPUT  (nbval compares this cell's output with the committed one)
 from labkit.memory import MODEL_SPECS
 
 spec = MODEL_SPECS["Qwen/Qwen3-1.7B"]

@@ -1,0 +1,130 @@
+"""Tests for labkit.preflight: profile -> memory plan, and refusing plans that will not fit."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+
+import pytest
+
+from labkit import tiny
+from labkit.data import load_split
+from labkit.hardware import GiB, Hardware
+from labkit.memory import MODEL_SPECS, MemoryBudgetError, ModelSpec, TrainPlan, estimate_memory
+from labkit.preflight import TINY_VOCAB, model_spec, preflight, train_plan
+from labkit.profiles import PROFILES, get_profile
+
+CPU = Hardware(device="cpu", name="cpu (2 cores)", cpu_cores=2)
+
+
+def gpu(vram_gb: float) -> Hardware:
+    return Hardware(device="cuda", name="fake GPU", vram_total_gb=vram_gb, vram_free_gb=vram_gb,
+                    capability=(8, 6), bf16=True)
+
+
+# ---------------------------------------------------------------- model_spec
+
+
+def test_tiny_spec_matches_a_built_tiny_model():
+    rows = load_split("pretrain", limit=100)
+    tok = tiny.build_tokenizer("".join(tiny.pretrain_text(r)) for r in rows)
+    model = tiny.build_model(tok)
+    built = ModelSpec.from_config(model.config)
+    spec = model_spec(PROFILES["cpu"])
+    # Everything but the vocabulary (the real one depends on the data; TINY_VOCAB bounds it).
+    assert dataclasses.replace(spec, name=built.name, vocab_size=built.vocab_size) == built
+    assert spec.vocab_size == TINY_VOCAB and built.vocab_size <= TINY_VOCAB
+    # With the real vocabulary the spec counts the parameters exactly.
+    assert dataclasses.replace(spec, vocab_size=len(tok)).num_params() == \
+        sum(p.numel() for p in model.parameters())
+
+
+def test_tiny_vocab_bounds_the_default_tokenizer():
+    default = inspect.signature(tiny.build_tokenizer).parameters["vocab_size"].default
+    assert default + 2 <= TINY_VOCAB  # BPE vocabulary + <think> and </think>
+
+
+def test_tiny_spec_numbers():
+    spec = model_spec(PROFILES["cpu"])
+    assert (spec.hidden_size, spec.num_layers, spec.num_heads, spec.num_kv_heads, spec.head_dim,
+            spec.intermediate_size, spec.tie_embeddings) == (128, 4, 4, 2, 32, 384, True)
+    assert spec.num_params() == 787_840 + 128 * 1024  # see tests/test_tiny.py for the count
+
+
+@pytest.mark.parametrize("name", ["t4", "24gb", "80gb"])
+def test_gpu_specs_come_from_model_specs(name):
+    assert model_spec(PROFILES[name]) is MODEL_SPECS[PROFILES[name].model_id]
+
+
+def test_unknown_model_id():
+    profile = get_profile("24gb", model_id="Qwen/Qwen9-1T")
+    with pytest.raises(KeyError, match="MODEL_SPECS") as error:
+        model_spec(profile)
+    assert "Qwen/Qwen9-1T" in str(error.value) and "Qwen/Qwen3-0.6B" in str(error.value)
+
+
+# ---------------------------------------------------------------- train_plan
+
+
+def test_train_plan_maps_profile_fields():
+    plan = train_plan(PROFILES["t4"])
+    assert plan == TrainPlan(
+        model=MODEL_SPECS["Qwen/Qwen3-0.6B"], weight_dtype="fp16", quant="4bit", lora_rank=16,
+        lora_target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                             "down_proj"),
+        batch_size=4, gradient_accumulation_steps=4, seq_len=768, gradient_checkpointing=True,
+    )
+
+
+def test_train_plan_follows_overrides():
+    profile = get_profile("80gb", lora_rank=8, batch_size=2, grad_accum=3, max_length=333,
+                          lora_targets=("q_proj", "v_proj"), gradient_checkpointing=True)
+    plan = train_plan(profile)
+    assert (plan.weight_dtype, plan.quant, plan.lora_rank, plan.batch_size,
+            plan.gradient_accumulation_steps, plan.seq_len, plan.lora_target_modules,
+            plan.gradient_checkpointing) == \
+        ("bf16", None, 8, 2, 3, 333, ("q_proj", "v_proj"), True)
+
+
+# ---------------------------------------------------------------- preflight
+
+
+def test_preflight_refuses_24gb_profile_on_4gb():
+    with pytest.raises(MemoryBudgetError) as error:
+        preflight(PROFILES["24gb"], gpu(4.0))
+    message = str(error.value)
+    assert "To fit" in message
+    assert "Qwen/Qwen3-1.7B-Base" in message and "4.00 GiB" in message
+
+
+def test_preflight_passes_24gb_profile_on_24gb():
+    estimate = preflight(PROFILES["24gb"], gpu(24.0))
+    assert estimate == estimate_memory(train_plan(PROFILES["24gb"]))
+    assert 0 < estimate.total_bytes <= 0.9 * 24 * GiB
+
+
+def test_preflight_on_cpu_returns_the_estimate():
+    estimate = preflight(PROFILES["cpu"], CPU)
+    assert estimate == estimate_memory(train_plan(PROFILES["cpu"]))
+    assert estimate.total_bytes > 0
+    # No VRAM to check on a CPU, even for a plan that would not fit any GPU.
+    assert preflight(get_profile("24gb", batch_size=512), CPU).total_bytes > 80 * GiB
+
+
+def test_preflight_uses_the_given_plan():
+    with pytest.raises(MemoryBudgetError):
+        preflight(PROFILES["24gb"], gpu(8.0))  # the profile's own plan: about 10.9 GiB
+    small = dataclasses.replace(train_plan(PROFILES["24gb"]), batch_size=1, seq_len=64)
+    assert preflight(PROFILES["24gb"], gpu(8.0), plan=small) == estimate_memory(small)
+
+
+@pytest.mark.parametrize("name", [
+    "t4",
+    "24gb",
+    pytest.param("80gb", marks=pytest.mark.xfail(
+        strict=True, reason="80gb profile (batch 16 x 1024, no gradient checkpointing) is "
+                            "estimated at 80.2 GiB: it fits neither 40 GB nor 80 GB GPUs")),
+])
+def test_every_gpu_profile_fits_its_smallest_gpu(name):
+    profile = PROFILES[name]
+    preflight(profile, gpu(profile.min_vram_gb))

@@ -1,0 +1,489 @@
+"""Tests for labkit.stages, labkit.sft, labkit.models and labkit.evaluate.
+
+Fast tests use fake builders. The end-to-end part builds the real base and SFT stages once, on
+tiny settings (300 pretraining rows, 20 pretraining steps, 40 SFT rows, 5 SFT steps), then
+loads them with the same code the notebooks use and evaluates on 8 held-out rows.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from peft import PeftModel, get_peft_model
+from transformers import BitsAndBytesConfig, Qwen3ForCausalLM
+
+import labkit.data
+from labkit import evaluate, models, profiles, sft, stages, tiny
+from labkit.data import load_split, sft_messages
+from labkit.evaluate import EvalResult, evaluate_accuracy
+from labkit.profiles import PROFILES, get_profile
+
+REPO_DATA = Path(__file__).resolve().parent.parent / "data"
+SMALL = {"pretrain": 300, "sft": 40, "eval": 8}
+# The SFT stage reads its settings through LAB_OVERRIDES (stages use the canonical profile).
+TINY_SFT = {"sft": {"cpu": {"max_steps": 5, "batch_size": 4}}}
+
+
+def copy_data(dest: Path, sizes: dict[str, int] = SMALL) -> Path:
+    """The first rows of the kit's splits in `dest` (a small DATA_DIR)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name, size in sizes.items():
+        lines = (REPO_DATA / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()[:size]
+        (dest / f"{name}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return dest
+
+
+@pytest.fixture
+def cache(monkeypatch, tmp_path) -> Path:
+    monkeypatch.setenv("LABKIT_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def fakes(monkeypatch, cache):
+    """Replace both builders by fakes that record their calls and write one file."""
+    calls: list[tuple[str, profiles.Profile, Path, dict]] = []
+
+    def fake(name):
+        def build(profile, out, deps):
+            calls.append((name, profile, out, dict(deps)))
+            (out / "weights.txt").write_text(name, encoding="utf-8")
+            return {"fake": name}
+        return build
+
+    for name in ("base", "sft"):
+        monkeypatch.setitem(stages.BUILDERS, name, fake(name))
+    return calls
+
+
+# ---------------------------------------------------------------- caching (fake builders)
+
+
+def test_stage_is_built_once_then_cached(fakes, cache):
+    profile = get_profile("cpu")
+    path = stages.get_stage("base", profile)
+    assert path == cache / "cpu" / f"base-{stages.stage_key('base', profile)}"
+    assert path == stages.stage_dir("base", profile)
+    info = json.loads((path / "stage.json").read_text(encoding="utf-8"))
+    assert set(info) == {"stage", "profile", "seconds", "fake"}
+    assert (info["stage"], info["profile"], info["fake"]) == ("base", "cpu", "base")
+    assert (path / "weights.txt").read_text(encoding="utf-8") == "base"
+    mtime = (path / "stage.json").stat().st_mtime_ns
+
+    assert stages.get_stage("base", profile) == path
+    assert stages.stage_info("base", profile) == info
+    assert len(fakes) == 1
+    assert (path / "stage.json").stat().st_mtime_ns == mtime
+    assert sorted(p.name for p in (cache / "cpu").iterdir()) == [path.name]  # no .tmp left
+
+    assert stages.get_stage("base", profile, rebuild=True) == path
+    assert len(fakes) == 2
+
+
+def test_stage_builds_its_dependencies_first(fakes, cache, monkeypatch):
+    monkeypatch.setattr(profiles, "LAB_OVERRIDES", TINY_SFT)
+    profile = get_profile("cpu", max_steps=3, batch_size=2)  # notebook overrides: not for stages
+    sft_path = stages.get_stage("sft", profile)
+    base_path = stages.stage_dir("base", profile)
+    assert [call[0] for call in fakes] == ["base", "sft"]
+    (_, base_profile, base_out, base_deps), (_, sft_profile, sft_out, sft_deps) = fakes
+    assert base_deps == {} and sft_deps == {"base": base_path}
+    assert base_out.name == base_path.name + ".tmp" and sft_out.name == sft_path.name + ".tmp"
+    # Builders get the canonical profile of their lab, never the caller's overrides.
+    assert base_profile == PROFILES["cpu"]
+    assert sft_profile == get_profile("cpu", max_steps=5, batch_size=4)
+    # A second stage reuses the cached base.
+    stages.get_stage("sft", profile, rebuild=True)
+    assert [call[0] for call in fakes] == ["base", "sft", "sft"]
+
+
+def test_failed_build_leaves_no_stage_folder(fakes, cache, monkeypatch):
+    def broken(profile, out, deps):
+        (out / "half-written.bin").write_bytes(b"\0" * 10)
+        raise RuntimeError("out of disk")
+
+    profile = get_profile("cpu")
+    path = stages.stage_dir("base", profile)
+    working = stages.BUILDERS["base"]
+    monkeypatch.setitem(stages.BUILDERS, "base", broken)
+    with pytest.raises(RuntimeError, match="out of disk"):
+        stages.get_stage("base", profile)
+    assert not path.exists()
+    assert [p.name for p in path.parent.iterdir()] == [path.name + ".tmp"]
+
+    monkeypatch.setitem(stages.BUILDERS, "base", working)
+    assert stages.get_stage("base", profile) == path
+    assert sorted(p.name for p in path.iterdir()) == ["stage.json", "weights.txt"]
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # the .tmp became the stage
+
+
+def test_folder_without_stage_json_is_rebuilt(fakes, cache):
+    profile = get_profile("cpu")
+    path = stages.stage_dir("base", profile)
+    path.mkdir(parents=True)
+    (path / "stale.bin").write_bytes(b"old")
+    assert stages.get_stage("base", profile) == path
+    assert len(fakes) == 1
+    assert sorted(p.name for p in path.iterdir()) == ["stage.json", "weights.txt"]
+
+
+def test_unknown_stage_lists_the_known_ones(cache):
+    with pytest.raises(KeyError) as error:
+        stages.get_stage("dpo", get_profile("cpu"))
+    assert "'dpo'" in str(error.value) and "['base', 'sft']" in str(error.value)
+
+
+def test_gpu_base_stage_points_at_the_downloaded_model(fakes, cache, monkeypatch, tmp_path):
+    import labkit.hub
+
+    downloaded = tmp_path / "hub" / "Qwen3-0.6B"
+    monkeypatch.setattr(labkit.hub, "resolve_model", lambda model_id: str(downloaded))
+    monkeypatch.setitem(stages.BUILDERS, "base", stages.build_base)
+    path = stages.get_stage("base", get_profile("t4"))
+    assert path.parent == cache / "t4"
+    assert (path / "model_path.txt").read_text(encoding="utf-8") == str(downloaded)
+    assert stages.model_path(path) == downloaded
+    assert stages.stage_info("base", get_profile("t4"))["model_id"] == "Qwen/Qwen3-0.6B"
+    assert stages.model_path(tmp_path) == tmp_path  # no pointer: the stage holds the model
+
+
+# ---------------------------------------------------------------- cache keys
+
+
+def test_key_changes_with_the_data(tmp_path, monkeypatch):
+    data_dir = copy_data(tmp_path / "data", {"pretrain": 20, "sft": 20})
+    monkeypatch.setattr(labkit.data, "DATA_DIR", data_dir)
+    cpu, t4 = get_profile("cpu"), get_profile("t4")
+
+    def keys():
+        return {(n, p.name): stages.stage_key(n, p) for n in ("base", "sft") for p in (cpu, t4)}
+
+    before = keys()
+    assert all(len(k) == 12 and int(k, 16) >= 0 for k in before.values())
+    sft_file = data_dir / "sft.jsonl"
+    sft_file.write_text(sft_file.read_text(encoding="utf-8").replace('"answer": "', '"answer": "1', 1),
+                        encoding="utf-8")
+    after_sft = keys()
+    assert after_sft[("sft", "cpu")] != before[("sft", "cpu")]
+    assert after_sft[("base", "cpu")] == before[("base", "cpu")]
+    # GPU profiles train on GSM8K, so the kit's files are not part of their keys.
+    assert after_sft[("sft", "t4")] == before[("sft", "t4")]
+
+    pretrain_file = data_dir / "pretrain.jsonl"
+    pretrain_file.write_text(pretrain_file.read_text(encoding="utf-8") + "\n", encoding="utf-8")
+    after_pretrain = keys()
+    assert after_pretrain[("base", "cpu")] != after_sft[("base", "cpu")]
+    assert after_pretrain[("sft", "cpu")] != after_sft[("sft", "cpu")]  # its upstream changed
+    assert after_pretrain[("base", "t4")] == before[("base", "t4")]
+
+
+def test_key_changes_with_builder_versions(monkeypatch):
+    cpu = get_profile("cpu")
+    base, sft_key = stages.stage_key("base", cpu), stages.stage_key("sft", cpu)
+    monkeypatch.setitem(stages.VERSIONS, "sft", stages.VERSIONS["sft"] + 1)
+    assert stages.stage_key("base", cpu) == base
+    assert stages.stage_key("sft", cpu) != sft_key
+    monkeypatch.setitem(stages.VERSIONS, "base", stages.VERSIONS["base"] + 1)
+    assert stages.stage_key("base", cpu) != base
+
+
+def test_key_follows_lab_settings_not_notebook_overrides(monkeypatch):
+    monkeypatch.setattr(profiles, "LAB_OVERRIDES", {"sft": {"cpu": {}}})
+    cpu = get_profile("cpu")
+    base, sft_key = stages.stage_key("base", cpu), stages.stage_key("sft", cpu)
+    assert stages.stage_key("sft", get_profile("cpu", max_steps=1, batch_size=1)) == sft_key
+    monkeypatch.setattr(profiles, "LAB_OVERRIDES", TINY_SFT)
+    assert stages.stage_key("sft", cpu) != sft_key      # the SFT lab's settings changed
+    assert stages.stage_key("base", cpu) == base        # base depends on model/dtype/quant only
+    assert stages.stage_key("base", cpu) != stages.stage_key("base", get_profile("t4"))
+    assert stages.stage_key("base", get_profile("24gb")) == stages.stage_key("base",
+                                                                             get_profile("24gb"))
+
+
+# ---------------------------------------------------------------- models (no model needed)
+
+
+def test_quantization_config():
+    assert models.quantization_config(PROFILES["cpu"]) is None
+    assert models.quantization_config(PROFILES["24gb"]) is None
+    config = models.quantization_config(PROFILES["t4"])
+    assert isinstance(config, BitsAndBytesConfig)
+    assert config.load_in_4bit is True and config.load_in_8bit is False
+    assert config.bnb_4bit_quant_type == "nf4"
+    assert config.bnb_4bit_use_double_quant is True
+    assert config.bnb_4bit_compute_dtype == torch.float16  # t4: fp16, no bf16
+    bf16 = models.quantization_config(get_profile("24gb", quant="4bit"))
+    assert bf16.bnb_4bit_compute_dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="'8bit'"):
+        models.quantization_config(get_profile("t4", quant="8bit"))
+
+
+def test_torch_dtype():
+    assert [models.torch_dtype(PROFILES[n]) for n in ("cpu", "t4", "24gb")] == \
+        [torch.float32, torch.float16, torch.bfloat16]
+
+
+@pytest.mark.parametrize("name", ["cpu", "80gb"])
+def test_lora_config_matches_the_profile(name):
+    profile = PROFILES[name]
+    config = models.lora_config(profile)
+    assert (config.r, config.lora_alpha, config.lora_dropout) == \
+        (profile.lora_rank, profile.lora_alpha, profile.lora_dropout)
+    assert set(config.target_modules) == set(profile.lora_targets) == {
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert config.task_type == "CAUSAL_LM"
+    assert (config.r, config.lora_alpha) == ((16, 32) if name == "cpu" else (64, 128))
+
+
+def test_adapter_without_base_pointer_is_reported(tmp_path):
+    (tmp_path / "adapter_config.json").write_text("{}", encoding="utf-8")
+    with pytest.raises(FileNotFoundError, match="base_model_path.txt"):
+        models.load_model(tmp_path, PROFILES["cpu"])
+
+
+# ---------------------------------------------------------------- sft config
+
+
+def test_sft_config_cpu(tmp_path):
+    profile = get_profile("cpu", max_steps=60)
+    config = sft.sft_config(profile, tmp_path / "trainer", seed=3)
+    assert (config.use_cpu, config.bf16, config.fp16) == (True, False, False)
+    assert config.assistant_only_loss is True and config.packing is False
+    assert config.max_steps == 60
+    assert config.per_device_train_batch_size == 32 and config.gradient_accumulation_steps == 1
+    assert config.learning_rate == 3e-3 and config.max_length == 128
+    assert config.warmup_steps == 3 and config.logging_steps == 2  # 60 // 20, 60 // 30
+    assert config.save_strategy == "no" and config.seed == 3
+    assert config.output_dir == str(tmp_path / "trainer")
+
+
+@pytest.mark.parametrize("name, precision", [
+    ("cpu", {"use_cpu": True, "bf16": False, "fp16": False}),
+    ("t4", {"use_cpu": False, "bf16": False, "fp16": True}),
+    ("24gb", {"use_cpu": False, "bf16": True, "fp16": False}),
+    ("80gb", {"use_cpu": False, "bf16": True, "fp16": False}),
+])
+def test_precision_args(name, precision):
+    assert sft.precision_args(PROFILES[name]) == precision
+
+
+def test_sft_config_t4(tmp_path):
+    # (A bf16 config cannot be built here: transformers refuses bf16 without a GPU.)
+    config = sft.sft_config(PROFILES["t4"], tmp_path)
+    assert (config.use_cpu, config.bf16, config.fp16) == (False, False, True)
+    assert config.gradient_checkpointing is True and config.assistant_only_loss is True
+    assert (config.per_device_train_batch_size, config.gradient_accumulation_steps) == (4, 4)
+    assert (config.max_steps, config.max_length, config.learning_rate) == (200, 768, 2e-4)
+
+
+def test_sft_dataset_cpu():
+    profile = PROFILES["cpu"]
+    dataset = sft.sft_dataset(profile, limit=3)
+    rows = load_split("sft", limit=3)
+    assert len(dataset) == 3
+    assert set(dataset.column_names) == {"messages", "id", "lang", "level", "answer"}
+    assert dataset[0]["messages"] == sft_messages(rows[0])  # no system prompt on the CPU
+    assert [m["role"] for m in dataset[2]["messages"]] == ["user", "assistant"]
+    assert dataset[1]["messages"][1]["content"] == \
+        f"<think>{rows[1]['reasoning']}</think>{rows[1]['answer']}"
+
+
+# ---------------------------------------------------------------- end to end on tiny settings
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Build the real base and SFT stages once, on tiny settings, in a temporary cache."""
+    root = tmp_path_factory.mktemp("world")
+    data_dir = copy_data(root / "data")
+    builds: list[tuple[str, profiles.Profile]] = []
+
+    def counting(name, builder):
+        def build(profile, out, deps):
+            builds.append((name, profile))
+            return builder(profile, out, deps)
+        return build
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LABKIT_CACHE", str(root / "cache"))
+        mp.setattr(labkit.data, "DATA_DIR", data_dir)
+        mp.setattr(stages, "BASE_PRETRAIN_STEPS", 20)
+        mp.setattr(profiles, "LAB_OVERRIDES", TINY_SFT)
+        for name, builder in list(stages.BUILDERS.items()):
+            mp.setitem(stages.BUILDERS, name, counting(name, builder))
+        profile = get_profile("cpu", max_steps=2)  # a notebook override, ignored by stages
+        sft_path = stages.get_stage("sft", profile)
+        yield SimpleNamespace(profile=get_profile("cpu"), base=stages.stage_dir("base", profile),
+                              sft=sft_path, builds=builds, cache=root / "cache")
+
+
+def test_sft_stage_built_base_first_once(world):
+    assert [name for name, _ in world.builds] == ["base", "sft"]
+    assert world.builds[0][1] == PROFILES["cpu"]
+    assert world.builds[1][1] == get_profile("cpu", max_steps=5, batch_size=4)
+    assert stages.get_stage("base", world.profile) == world.base
+    assert stages.get_stage("sft", world.profile) == world.sft
+    assert len(world.builds) == 2  # both cached now
+    assert sorted(p.name for p in (world.cache / "cpu").iterdir()) == \
+        sorted([world.base.name, world.sft.name])
+
+
+def test_base_stage_contents(world):
+    names = {p.name for p in world.base.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "stage.json"} <= names
+    info = stages.stage_info("base", world.profile)
+    vocab = json.loads((world.base / "config.json").read_text(encoding="utf-8"))["vocab_size"]
+    assert info["model_id"] == "tiny"
+    assert info["params"] == 787_840 + 128 * vocab  # see tests/test_tiny.py
+    assert [entry["step"] for entry in info["log"]] == [1, 20]
+    assert info["log"][-1]["loss"] < info["log"][0]["loss"]
+
+
+def test_sft_stage_log(world):
+    info = stages.stage_info("sft", world.profile)
+    assert (info["stage"], info["profile"]) == ("sft", "cpu")
+    losses = [entry for entry in info["log_history"] if "loss" in entry]
+    assert [entry["step"] for entry in losses] == [1, 2, 3, 4, 5]  # logging_steps = 1
+    assert all(entry["loss"] > 0 for entry in losses)
+
+
+def test_sft_stage_holds_a_merged_model(world):
+    names = {p.name for p in world.sft.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "stage.json"} <= names
+    assert "adapter_config.json" not in names and "base_model_path.txt" not in names
+
+
+def test_load_sft_stage(world):
+    model = models.load_model(world.sft, world.profile)
+    base = models.load_model(world.base, world.profile)
+    assert type(model) is Qwen3ForCausalLM  # merged: a plain model, no PEFT wrapper
+    assert not any("lora" in name for name in model.state_dict())
+    assert model.dtype == torch.float32 and model.device.type == "cpu"
+    assert model.generation_config.pad_token_id == model.config.pad_token_id == 0
+    after, before = model.state_dict(), base.state_dict()
+    assert set(after) == set(before)
+    # LoRA touched the projections and nothing else.
+    assert not torch.equal(after["model.layers.0.self_attn.q_proj.weight"],
+                           before["model.layers.0.self_attn.q_proj.weight"])
+    assert torch.equal(after["model.embed_tokens.weight"], before["model.embed_tokens.weight"])
+
+    tok = models.load_tokenizer(world.sft)
+    assert tok.padding_side == "left"
+    assert (tok.pad_token, tok.eos_token) == ("<|endoftext|>", "<|im_end|>")
+    assert tok.chat_template == tiny.CHAT_TEMPLATE
+    assert len(tok) == model.config.vocab_size
+    assert tok.convert_ids_to_tokens(tok("<think>7</think>").input_ids) == \
+        ["<think>", "7", "</think>"]
+    assert models.load_tokenizer(world.sft, padding_side="right").padding_side == "right"
+
+
+def test_load_adapter_folder_merges_onto_its_base(world, tmp_path):
+    profile = world.profile
+    base = models.load_model(world.base, profile)
+    config = models.lora_config(profile)
+    config.init_lora_weights = False  # random B, so the adapter changes the outputs
+    torch.manual_seed(0)
+    peft_model = get_peft_model(base, config)
+    peft_model.save_pretrained(tmp_path)
+    (tmp_path / "base_model_path.txt").write_text(str(world.base), encoding="utf-8")
+    ids = torch.tensor([[1, 19, 13, 20, 31]])
+    with torch.no_grad():
+        expected = peft_model(input_ids=ids).logits
+        merged = models.load_model(tmp_path, profile)
+        got = merged(input_ids=ids).logits
+        plain = models.load_model(world.base, profile)(input_ids=ids).logits
+    assert not isinstance(merged, PeftModel)
+    assert torch.allclose(got, expected, atol=1e-4)
+    assert not torch.allclose(got, plain, atol=1e-2)
+
+
+def test_evaluate_the_sft_stage(world):
+    model = models.load_model(world.sft, world.profile)
+    tok = models.load_tokenizer(world.sft)
+    rows = load_split("eval", limit=8)
+    result = evaluate_accuracy(model, tok, rows, get_profile("cpu", max_new_tokens=24))
+    assert isinstance(result, EvalResult)
+    assert 0.0 <= result.accuracy <= 1.0 and 0.0 <= result.format_rate <= 1.0
+    assert set(result.by_level) <= {1, 2, 3}
+    assert set(result.by_level) == {row["level"] for row in rows}
+    assert all(0.0 <= v <= 1.0 for v in result.by_level.values())
+    assert len(result.completions) == 8 and all(isinstance(c, str) for c in result.completions)
+    assert len(result.correct) == 8 and result.accuracy == sum(result.correct) / 8
+    # The completions are greedy (deterministic) answers to the bare questions (no system prompt).
+    again = evaluate.generate(model, tok, [[{"role": "user", "content": r["question"]}] for r in rows],
+                              max_new_tokens=24, batch_size=8)
+    assert again == result.completions
+
+
+# ---------------------------------------------------------------- evaluate with a scripted model
+
+EVAL_ROWS = [
+    {"id": "e0", "lang": "en", "level": 1, "question": "Tom has 3 apples.", "answer": "3"},
+    {"id": "e1", "lang": "zh", "level": 1, "question": "小明有12个苹果。又买了7个。", "answer": "19"},
+    {"id": "e2", "lang": "en", "level": 2, "question": "5 minus 8?", "answer": "-3"},
+    {"id": "e3", "lang": "en", "level": 2, "question": "2 times 21?", "answer": "42"},
+    {"id": "e4", "lang": "zh", "level": 3, "question": "一共有多少？", "answer": "100"},
+    {"id": "e5", "lang": "en", "level": 3, "question": "A long question about 9 birds.",
+     "answer": "9"},
+    {"id": "e6", "lang": "en", "level": 3, "question": "Six?", "answer": "6"},
+    {"id": "e7", "lang": "en", "level": 1, "question": "Zero?", "answer": "0"},
+]
+REPLIES = {
+    "Tom has 3 apples.": "<think>3</think>3",                 # correct, formatted
+    "小明有12个苹果。又买了7个。": "<think>12+7=19</think>19",    # correct, formatted
+    "5 minus 8?": "<think>5-8=-3</think>-3",                    # correct, formatted
+    "2 times 21?": "<think>2*21=41</think>41",                  # wrong, formatted
+    "一共有多少？": "The answer is 100",                          # correct, not formatted
+    "A long question about 9 birds.": "<think>hmm</think>8",  # wrong, formatted
+    "Six?": "<think>six</think>6",                              # correct, formatted
+    "Zero?": "<think></think>",                                 # wrong, not formatted
+}
+
+
+class ScriptedModel:
+    """Answers each prompt with a fixed reply; checks what evaluate passes to generate."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, tok):
+        self.tok, self.batches = tok, []
+
+    def eval(self):
+        return self
+
+    def generate(self, input_ids, attention_mask, max_new_tokens, pad_token_id, eos_token_id,
+                 **sampling):
+        assert sampling == {"do_sample": False, "temperature": None, "top_p": None,
+                            "top_k": None}
+        assert (max_new_tokens, pad_token_id, eos_token_id) == (24, 0, 2)
+        self.batches.append(len(input_ids))
+        replies = []
+        for ids, mask in zip(input_ids, attention_mask):
+            assert mask[-1] == 1  # left padding: every prompt ends at the right edge
+            prompt = self.tok.decode(ids[mask.bool()])
+            assert prompt.startswith("<|im_start|>user\n")
+            assert prompt.endswith("<|im_end|>\n<|im_start|>assistant\n")
+            question = prompt.removeprefix("<|im_start|>user\n").split("<|im_end|>")[0]
+            replies.append(self.tok(REPLIES[question]).input_ids + [eos_token_id])
+        width = max(len(r) for r in replies)
+        new = torch.tensor([r + [pad_token_id] * (width - len(r)) for r in replies])
+        return torch.cat([input_ids, new], dim=1)
+
+
+def test_evaluate_accuracy_by_hand(world):
+    tok = models.load_tokenizer(world.sft)
+    model = ScriptedModel(tok)
+    profile = get_profile("cpu", max_new_tokens=24, eval_batch_size=3)
+    result = evaluate_accuracy(model, tok, EVAL_ROWS, profile)
+    assert model.batches == [3, 3, 2]
+    assert result.completions == [REPLIES[row["question"]] for row in EVAL_ROWS]
+    assert result.correct == [1.0, 1.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0]
+    assert result.accuracy == 5 / 8
+    assert result.format_rate == 6 / 8  # all but rows 4 (no tags) and 7 (empty reasoning)
+    # level 1: rows 0, 1, 7 -> 2/3; level 2: rows 2, 3 -> 1/2; level 3: rows 4, 5, 6 -> 2/3
+    assert result.by_level == {1: 2 / 3, 2: 1 / 2, 3: 2 / 3}
+    assert list(result.by_level) == [1, 2, 3]
