@@ -49,11 +49,11 @@ NOTEBOOK_TIMEOUT_S = 3600  # per cell; CPU runs of the training notebooks take m
 
 # Headline metrics each notebook must record (labkit.metrics.record) and minimum values on "cpu".
 EXPECTED_METRICS: dict[str, list[str]] = {
-    "00_environment": [],
-    "01_sft": ["heldout_acc_before", "heldout_acc_after"],
+    "00_environment": ["profile", "oom_plan_gib", "fixed_plan_gib", "tiny_params"],
+    "01_sft": ["heldout_acc_before", "heldout_acc_after", "format_rate_after"],
 }
 MIN_VALUES: dict[str, dict[str, float]] = {
-    "01_sft": {"heldout_acc_after": 0.8},
+    "01_sft": {"heldout_acc_after": 0.8, "format_rate_after": 0.9},
 }
 
 

@@ -255,7 +255,7 @@ def test_sft_config_cpu(tmp_path):
     assert config.assistant_only_loss is True and config.packing is False
     assert config.max_steps == 60
     assert config.per_device_train_batch_size == 32 and config.gradient_accumulation_steps == 1
-    assert config.learning_rate == 3e-3 and config.max_length == 128
+    assert config.learning_rate == 5e-3 and config.max_length == 128
     assert config.warmup_steps == 3 and config.logging_steps == 2  # 60 // 20, 60 // 30
     assert config.save_strategy == "no" and config.seed == 3
     assert config.output_dir == str(tmp_path / "trainer")
