@@ -52,8 +52,11 @@ def train_sft(profile: Profile, base_path: str | Path, out: Path, seed: int = 0)
     """Train LoRA SFT from `base_path`; save a merged model (or the adapter when quantized) to `out`."""
     from trl import SFTTrainer
 
+    from labkit.hardware import detect
     from labkit.models import load_model, load_tokenizer, lora_config
+    from labkit.preflight import preflight
 
+    preflight(profile, detect(), lab="sft")  # refuses a config that won't fit, before loading
     tokenizer = load_tokenizer(base_path, padding_side="right")
     model = load_model(base_path, profile)
     trainer = SFTTrainer(model=model, args=sft_config(profile, out / "trainer", seed),

@@ -31,7 +31,7 @@ def stage_key(name: str, profile: Profile) -> str:
     """Hash of what determines the stage: version, canonical profile, data, upstream keys."""
     from labkit.data import DATA_DIR
 
-    canonical = get_profile(profile.name, lab=name).to_dict()
+    canonical = canonical_profile(name, profile).to_dict()
     is_tiny = canonical["model_id"] == "tiny"
     if KEY_FIELDS[name] is not None:
         canonical = {k: canonical[k] for k in KEY_FIELDS[name]}
@@ -41,6 +41,13 @@ def stage_key(name: str, profile: Profile) -> str:
         "upstream": {d: stage_key(d, profile) for d in DEPENDS[name]},
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def canonical_profile(name: str, profile: Profile) -> Profile:
+    """The settings a stage is built with: the profile as lab `name` sets it, ignoring a notebook's
+    overrides (steps, learning rate...) except `model_id`, which names the base model itself
+    (e.g. a local path on a machine without hub access)."""
+    return get_profile(profile.name, lab=name, model_id=profile.model_id)
 
 
 def stage_dir(name: str, profile: Profile) -> Path:
@@ -60,7 +67,7 @@ def get_stage(name: str, profile: Profile, rebuild: bool = False) -> Path:
     tmp.mkdir(parents=True)
     print(f"[labkit] building stage '{name}' for profile '{profile.name}' (cached afterwards) ...")
     start = time.perf_counter()
-    info = BUILDERS[name](get_profile(profile.name, lab=name), tmp, deps)
+    info = BUILDERS[name](canonical_profile(name, profile), tmp, deps)
     info = {"stage": name, "profile": profile.name, "seconds": round(time.perf_counter() - start, 1),
             **info}
     (tmp / "stage.json").write_text(json.dumps(info, indent=2), encoding="utf-8")

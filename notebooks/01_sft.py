@@ -67,10 +67,17 @@ from labkit import metrics
 from labkit.algorithms import masked_mean, token_logprobs
 from labkit.data import load_problems, sft_messages
 from labkit.evaluate import evaluate_accuracy
+from labkit.hardware import detect
 from labkit.models import load_model, load_tokenizer, lora_config
 from labkit.plotting import plot_bars, plot_metrics
+from labkit.preflight import preflight
 from labkit.sft import sft_config, sft_dataset
 from labkit.stages import get_stage, model_path
+
+# Preflight first: on a GPU too small for this profile it raises MemoryBudgetError (with the fix)
+# before any weights are loaded. On the CPU profile it only reports the estimate.
+estimate = preflight(profile, detect(), lab="sft")
+print(f"estimated peak memory for this run: {estimate.total_bytes / 2**30:.2f} GiB")
 
 base_dir = model_path(get_stage("base", profile))
 tokenizer = load_tokenizer(base_dir)

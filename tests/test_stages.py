@@ -151,6 +151,17 @@ def test_gpu_base_stage_points_at_the_downloaded_model(fakes, cache, monkeypatch
     assert stages.model_path(tmp_path) == tmp_path  # no pointer: the stage holds the model
 
 
+def test_model_id_override_reaches_the_builder(fakes, cache, tmp_path):
+    """A local model path set in the notebook (no hub on the machine) is the stage's base model."""
+    local = str(tmp_path / "my-Qwen3-1.7B-Base")
+    overridden = get_profile("24gb", model_id=local, max_steps=3)
+    stages.get_stage("base", overridden)
+    name, built_with, _, _ = fakes[-1]
+    assert built_with.model_id == local
+    assert built_with.max_steps == get_profile("24gb").max_steps   # other overrides are ignored
+    assert stages.stage_key("base", overridden) != stages.stage_key("base", get_profile("24gb"))
+
+
 # ---------------------------------------------------------------- cache keys
 
 
