@@ -13,26 +13,35 @@ from labkit.rewards import accuracy_reward, format_reward
 
 
 @torch.no_grad()
+def generate_texts(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch_size: int,
+                   do_sample: bool = False, temperature: float = 1.0, eos_token_id: int | None = None,
+                   desc: str = "generate") -> list[str]:
+    """One completion per already-formatted prompt string, in order (left padding, batched)."""
+    model.eval()
+    tokenizer.padding_side = "left"
+    sampling = dict(do_sample=True, temperature=temperature, top_k=0) if do_sample else \
+        dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+    outputs: list[str] = []
+    for start in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False):
+        batch = tokenizer(prompts[start:start + batch_size], return_tensors="pt", padding=True,
+                          add_special_tokens=False).to(model.device)
+        out = model.generate(**batch, max_new_tokens=max_new_tokens,
+                             pad_token_id=tokenizer.pad_token_id,
+                             eos_token_id=eos_token_id if eos_token_id is not None else tokenizer.eos_token_id,
+                             **sampling)
+        outputs += tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    return outputs
+
+
 def generate(model, tokenizer, conversations: list[list[dict]], *, max_new_tokens: int,
              batch_size: int, do_sample: bool = False, temperature: float = 1.0,
              desc: str = "generate") -> list[str]:
     """One completion per conversation, in order. Prompts get the chat template's assistant header."""
-    model.eval()
-    tokenizer.padding_side = "left"
-    texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
-             for c in conversations]
-    outputs: list[str] = []
-    for start in tqdm(range(0, len(texts), batch_size), desc=desc, leave=False):
-        batch = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
-                          add_special_tokens=False).to(model.device)
-        sampling = dict(do_sample=True, temperature=temperature, top_k=0) if do_sample else \
-            dict(do_sample=False, temperature=None, top_p=None, top_k=None)
-        out = model.generate(**batch, max_new_tokens=max_new_tokens,
-                             pad_token_id=tokenizer.pad_token_id,
-                             eos_token_id=tokenizer.eos_token_id, **sampling)
-        new_tokens = out[:, batch["input_ids"].shape[1]:]
-        outputs += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-    return outputs
+    prompts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
+               for c in conversations]
+    return generate_texts(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
+                          batch_size=batch_size, do_sample=do_sample, temperature=temperature,
+                          desc=desc)
 
 
 @dataclass
@@ -62,26 +71,15 @@ def evaluate_accuracy(model, tokenizer, rows: list[dict], profile: Profile,
     )
 
 
-@torch.no_grad()
 def plain_text_accuracy(model, tokenizer, rows: list[dict], *, max_new_tokens: int,
                         batch_size: int) -> float:
     """Accuracy of a base model prompted the way it was pretrained: the bare question and a newline.
 
-    The answer is the last number of the continuation (labkit.rewards.extract_answer). This shows
-    what a base model can do before it knows any chat format.
+    Generation stops at the pretraining document end (the pad token); the answer is the last
+    number of the continuation, as `accuracy_reward` reads a completion without <think> tags.
+    This shows what a base model can do before it knows any chat format.
     """
-    from labkit.rewards import answers_match, extract_answer
-
-    model.eval()
-    tokenizer.padding_side = "left"
-    correct = 0
-    for start in tqdm(range(0, len(rows), batch_size), desc="plain-text eval", leave=False):
-        batch = rows[start:start + batch_size]
-        enc = tokenizer([r["question"] + "\n" for r in batch], return_tensors="pt",
-                        padding=True).to(model.device)
-        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.pad_token_id)
-        texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-        correct += sum(answers_match(extract_answer(t.strip()), r["answer"])
-                       for t, r in zip(texts, batch))
-    return correct / len(rows)
+    completions = generate_texts(model, tokenizer, [r["question"] + "\n" for r in rows],
+                                 max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                 eos_token_id=tokenizer.pad_token_id, desc="plain-text eval")
+    return sum(accuracy_reward(completions, answer=[r["answer"] for r in rows])) / len(rows)
