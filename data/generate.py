@@ -91,12 +91,20 @@ def wrong_answer(rng: random.Random, answer: str) -> str:
 
 
 def make_rejected(rng: random.Random, row: dict) -> tuple[str, str]:
-    """A worse response for a preference pair, and what makes it worse."""
+    """A worse response for a preference pair, and what makes it worse.
+
+    The draws from `rng` are the same for every kind, so the splits generated after `prefs`
+    do not depend on how the kinds are divided; a wrong answer becomes `wrong_step` (an
+    arithmetic slip carried to the answer) for 1 row in 5, decided by a generator seeded
+    from the row id.
+    """
     kind = rng.choice(["wrong_answer", "wrong_answer", "no_reasoning", "bad_format"])
     wrong = wrong_answer(rng, row["answer"])
     if kind == "wrong_answer":
-        steps = row["reasoning"].rsplit("=", 1)[0] + "=" + wrong
-        return f"<think>{steps}</think>{wrong}", kind
+        if random.Random(f"{SEED}-{row['id']}").random() < 0.2:
+            steps = row["reasoning"].rsplit("=", 1)[0] + "=" + wrong
+            return f"<think>{steps}</think>{wrong}", "wrong_step"
+        return f"<think>{row['reasoning']}</think>{wrong}", "wrong_final"
     if kind == "no_reasoning":
         return f"<think></think>{wrong}", kind
     return f"{row['reasoning']} {row['answer']}", kind

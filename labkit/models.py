@@ -33,7 +33,10 @@ def quantization_config(profile: Profile) -> BitsAndBytesConfig | None:
                               bnb_4bit_compute_dtype=torch_dtype(profile))
 
 
-def lora_config(profile: Profile, task_type: str = "CAUSAL_LM") -> LoraConfig:
+def lora_config(profile: Profile, task_type: str = "CAUSAL_LM") -> LoraConfig | None:
+    """LoRA on the profile's target projections; None (full fine-tuning) when lora_rank is 0."""
+    if profile.lora_rank == 0:
+        return None
     return LoraConfig(r=profile.lora_rank, lora_alpha=profile.lora_alpha,
                       lora_dropout=profile.lora_dropout,
                       target_modules=list(profile.lora_targets), task_type=task_type)

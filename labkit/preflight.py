@@ -24,13 +24,24 @@ def model_spec(profile: Profile) -> ModelSpec:
     return MODEL_SPECS[profile.model_id]
 
 
+# Labs whose every example is a (chosen, rejected) pair: each step runs 2 x batch sequences.
+PAIRWISE_LABS = ("rm", "dpo")
+
+
 def train_plan(profile: Profile, lab: str = "sft") -> TrainPlan:
-    """The memory plan of training `lab` with `profile` (LoRA, batch, sequence, precision)."""
+    """The memory plan of training `lab` with `profile` (LoRA, batch, sequence, precision).
+
+    lora_rank 0 means full fine-tuning. Reward-model and DPO batches hold pairs, so they count
+    twice the sequences; DPO without LoRA also keeps a frozen reference copy of the model
+    (with LoRA the reference is the same weights with the adapter switched off).
+    """
+    pairs = 2 if lab in PAIRWISE_LABS else 1
     return TrainPlan(
         model=model_spec(profile), weight_dtype=profile.dtype, quant=profile.quant,
-        lora_rank=profile.lora_rank, lora_target_modules=tuple(profile.lora_targets),
-        batch_size=profile.batch_size, gradient_accumulation_steps=profile.grad_accum,
+        lora_rank=profile.lora_rank or None, lora_target_modules=tuple(profile.lora_targets),
+        batch_size=profile.batch_size * pairs, gradient_accumulation_steps=profile.grad_accum,
         seq_len=profile.max_length, gradient_checkpointing=profile.gradient_checkpointing,
+        ref_model=lab == "dpo" and not profile.lora_rank,
     )
 
 

@@ -15,6 +15,9 @@ from labkit.hardware import Hardware
 SYSTEM_PROMPT = ("Solve the math problem. Think step by step inside <think>...</think>, "
                  "then give only the final number after </think>.")
 
+# A public math preference set (2,418 pairs: instruction, chosen_response, rejected_response).
+MATH_PREFS = "argilla/distilabel-math-preference-dpo"
+
 
 @dataclass(frozen=True)
 class Profile:
@@ -27,7 +30,8 @@ class Profile:
     quant: str | None                # None | "4bit" (QLoRA through bitsandbytes)
     dataset: str                     # "kit" (data/) or "gsm8k"
     system_prompt: str | None        # prepended to every prompt (None: the tiny model has none)
-    lora_rank: int = 16
+    pref_dataset: str = "kit"        # preference pairs: "kit" (data/prefs.jsonl), a hub id or a path
+    lora_rank: int = 16              # 0 = full fine-tuning (no LoRA)
     lora_alpha: int = 32
     lora_dropout: float = 0.0
     lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj",
@@ -42,6 +46,7 @@ class Profile:
     eval_limit: int = 200            # held-out problems evaluated
     eval_batch_size: int = 32
     gradient_checkpointing: bool = False
+    beta: float = 0.1                # DPO's beta (strength of the pull toward the reference)
 
     def table(self, hardware: Hardware | None = None) -> str:
         """A two-column text table of the hardware (if given) and every profile field."""
@@ -65,21 +70,21 @@ PROFILES: dict[str, Profile] = {
     "t4": Profile(
         name="t4", description="16 GB, no bf16 (Colab T4): Qwen3-0.6B, fp16 compute, 4-bit + LoRA",
         device="cuda", min_vram_gb=14, model_id="Qwen/Qwen3-0.6B", dtype="fp16", quant="4bit",
-        dataset="gsm8k", system_prompt=SYSTEM_PROMPT, batch_size=4, grad_accum=4,
+        dataset="gsm8k", pref_dataset=MATH_PREFS, system_prompt=SYSTEM_PROMPT, batch_size=4, grad_accum=4,
         max_steps=200, learning_rate=2e-4, max_length=768, max_new_tokens=384,
         num_generations=4, eval_limit=200, eval_batch_size=32, gradient_checkpointing=True,
     ),
     "24gb": Profile(
         name="24gb", description="24 GB (RTX 3090/4090): Qwen3-1.7B-Base, bf16, LoRA",
         device="cuda", min_vram_gb=22, model_id="Qwen/Qwen3-1.7B-Base", dtype="bf16",
-        quant=None, dataset="gsm8k", system_prompt=SYSTEM_PROMPT, batch_size=4, grad_accum=4,
+        quant=None, dataset="gsm8k", pref_dataset=MATH_PREFS, system_prompt=SYSTEM_PROMPT, batch_size=4, grad_accum=4,
         max_steps=300, learning_rate=1e-4, max_length=1024, max_new_tokens=512,
         num_generations=8, eval_limit=300, eval_batch_size=64, gradient_checkpointing=True,
     ),
     "80gb": Profile(
         name="80gb", description="40-80 GB (A100/H100): Qwen3-1.7B-Base, bf16, LoRA, larger groups",
         device="cuda", min_vram_gb=38, model_id="Qwen/Qwen3-1.7B-Base", dtype="bf16",
-        quant=None, dataset="gsm8k", system_prompt=SYSTEM_PROMPT, lora_rank=64, lora_alpha=128,
+        quant=None, dataset="gsm8k", pref_dataset=MATH_PREFS, system_prompt=SYSTEM_PROMPT, lora_rank=64, lora_alpha=128,
         batch_size=16, grad_accum=1, max_steps=500, learning_rate=1e-4, max_length=1024,
         max_new_tokens=768, num_generations=16, eval_limit=500, eval_batch_size=128,
         gradient_checkpointing=True,
@@ -89,6 +94,13 @@ PROFILES: dict[str, Profile] = {
 # Per-lab adjustments on top of a profile (fields not named keep the profile's value).
 LAB_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
     "sft": {"cpu": {}},
+    # The tiny reward model is fully fine-tuned: it must learn to compare numbers, which
+    # LoRA on a 128-wide model learns far more slowly. GPU profiles keep LoRA.
+    "rm": {"cpu": {"lora_rank": 0, "batch_size": 16, "max_steps": 400, "learning_rate": 1.5e-3}},
+    "dpo": {"cpu": {"batch_size": 16, "max_steps": 40, "learning_rate": 2e-3},
+            "t4": {"batch_size": 2, "grad_accum": 8, "learning_rate": 5e-5},
+            "24gb": {"batch_size": 2, "grad_accum": 8, "learning_rate": 5e-5},
+            "80gb": {"batch_size": 8, "grad_accum": 2, "learning_rate": 5e-5}},
 }
 
 

@@ -8,35 +8,17 @@ from pathlib import Path
 from trl import SFTConfig
 
 from labkit.profiles import Profile
-
-
-def precision_args(profile: Profile) -> dict[str, bool]:
-    """TRL configs default to bf16, which fails on a CPU and on a T4: say it explicitly."""
-    return {"use_cpu": profile.device == "cpu", "bf16": profile.dtype == "bf16",
-            "fp16": profile.dtype == "fp16"}
+from labkit.trainer_args import common_args, precision_args  # noqa: F401 (precision_args: re-export)
 
 
 def sft_config(profile: Profile, output_dir: str | Path, seed: int = 0) -> SFTConfig:
     """SFTConfig for `profile`: assistant-only loss, LoRA-friendly learning rate, no checkpoints."""
     return SFTConfig(
-        output_dir=str(output_dir),
-        max_steps=profile.max_steps,
-        per_device_train_batch_size=profile.batch_size,
-        gradient_accumulation_steps=profile.grad_accum,
-        learning_rate=profile.learning_rate,
+        **common_args(profile, output_dir, seed=seed),
         lr_scheduler_type="cosine",
-        warmup_steps=max(1, profile.max_steps // 20),
         max_length=profile.max_length,
         assistant_only_loss=True,       # loss only on the assistant turn (see the label mask)
         packing=False,
-        # transformers 5 renamed gradient_checkpointing; TRL still defaults the old name to True.
-        activation_checkpointing=profile.gradient_checkpointing,
-        logging_steps=max(1, profile.max_steps // 30),
-        save_strategy="no",
-        report_to="none",
-        seed=seed,
-        dataloader_num_workers=0,
-        **precision_args(profile),
     )
 
 

@@ -12,19 +12,28 @@ import hashlib
 import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from labkit.profiles import Profile, get_profile
 from labkit.runtime import cache_dir
 
 # Bump a stage's version whenever its builder changes what it produces.
-VERSIONS = {"base": 1, "sft": 1}
-DEPENDS = {"base": [], "sft": ["base"]}
-DATA_FILES = {"base": ["pretrain.jsonl"], "sft": ["sft.jsonl"]}
+VERSIONS = {"base": 2, "sft": 1, "rm": 1}
+DEPENDS = {"base": [], "sft": ["base"], "rm": ["sft"]}
+DATA_FILES = {"base": ["pretrain.jsonl"], "sft": ["sft.jsonl"], "rm": ["prefs.jsonl"]}
 BASE_PRETRAIN_STEPS = 2000
-# Profile fields a stage depends on (None: all of them, as the lab of that name sets them).
-KEY_FIELDS: dict[str, tuple[str, ...] | None] = {"base": ("model_id", "dtype", "quant"), "sft": None}
+# The profile fields a training recipe reads (as the lab of the stage's name sets them).
+TRAINING_FIELDS = ("device", "model_id", "dtype", "quant", "system_prompt", "lora_rank",
+                   "lora_alpha", "lora_dropout", "lora_targets", "batch_size", "grad_accum",
+                   "max_steps", "learning_rate", "max_length", "gradient_checkpointing")
+# Profile fields a stage depends on; a field added to Profile for another lab changes no key.
+KEY_FIELDS: dict[str, tuple[str, ...]] = {
+    "base": ("model_id", "dtype", "quant"),
+    "sft": TRAINING_FIELDS + ("dataset",),
+    "rm": TRAINING_FIELDS + ("pref_dataset",),
+}
 
 
 def stage_key(name: str, profile: Profile) -> str:
@@ -33,8 +42,7 @@ def stage_key(name: str, profile: Profile) -> str:
 
     canonical = canonical_profile(name, profile).to_dict()
     is_tiny = canonical["model_id"] == "tiny"
-    if KEY_FIELDS[name] is not None:
-        canonical = {k: canonical[k] for k in KEY_FIELDS[name]}
+    canonical = {k: canonical[k] for k in KEY_FIELDS[name]}
     payload = {
         "stage": name, "version": VERSIONS[name], "profile": canonical,
         "data": {f: _file_hash(DATA_DIR / f) for f in DATA_FILES[name]} if is_tiny else {},
@@ -62,18 +70,80 @@ def get_stage(name: str, profile: Profile, rebuild: bool = False) -> Path:
     if (path / "stage.json").exists() and not rebuild:
         return path
     deps = {d: get_stage(d, profile) for d in DEPENDS[name]}
+    with _build_lock(path):
+        if (path / "stage.json").exists() and not rebuild:
+            return path  # another process built it while this one waited
+        return _build(name, profile, path, deps)
+
+
+@contextmanager
+def _build_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock while building `path`, so two notebooks that need the same missing
+    stage build it once (the second waits, then reuses it). No lock where fcntl is missing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # Windows: builds are not serialised
+        yield
+        return
+    locks = cache_dir() / ".locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / f"{path.parent.name}-{path.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _build(name: str, profile: Profile, path: Path, deps: dict[str, Path]) -> Path:
+    print(f"[labkit] building stage '{name}' for profile '{profile.name}' (cached afterwards) ...")
+    info = _write_stage(name, profile, path,
+                        lambda tmp: BUILDERS[name](canonical_profile(name, profile), tmp, deps))
+    print(f"[labkit] stage '{name}' built in {info['seconds']} s")
+    return path
+
+
+def _write_stage(name: str, profile: Profile, path: Path, fill: Callable[[Path], dict]) -> dict:
+    """Fill a temporary folder, record stage.json, then move it into place (never half-written)."""
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    print(f"[labkit] building stage '{name}' for profile '{profile.name}' (cached afterwards) ...")
     start = time.perf_counter()
-    info = BUILDERS[name](canonical_profile(name, profile), tmp, deps)
+    info = fill(tmp)
     info = {"stage": name, "profile": profile.name, "seconds": round(time.perf_counter() - start, 1),
             **info}
     (tmp / "stage.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
     shutil.rmtree(path, ignore_errors=True)
     tmp.rename(path)
-    print(f"[labkit] stage '{name}' built in {info['seconds']} s")
+    return info
+
+
+def publish_stage(name: str, profile: Profile, save: Callable[[Path], None], info: dict,
+                  seed: int = 0) -> Path | None:
+    """Keep a model a notebook trained as stage `name`, so later labs reuse it instead of
+    training their own. Only when the notebook used the stage's own recipe (the canonical
+    settings of every key field, seed 0) and the stage is not cached yet; otherwise say why
+    not and return None (or the cached folder). `save(folder)` writes the model there.
+    """
+    canonical = canonical_profile(name, profile)
+    changed = [f for f in KEY_FIELDS[name] if getattr(profile, f) != getattr(canonical, f)]
+    if changed or seed != 0:
+        why = f"fields {changed} differ from the recipe" if changed else f"seed {seed} != 0"
+        print(f"[labkit] not saved as stage '{name}': {why}; later labs build their own")
+        return None
+    path = stage_dir(name, profile)
+    with _build_lock(path):
+        if (path / "stage.json").exists():
+            print(f"[labkit] stage '{name}' is already cached; kept the cached one")
+            return path
+
+        def fill(tmp: Path) -> dict:
+            save(tmp)
+            return {**info, "published_by": "notebook"}
+
+        _write_stage(name, profile, path, fill)
+    print(f"[labkit] saved as stage '{name}': later labs load it from the cache")
     return path
 
 
@@ -102,6 +172,7 @@ def build_base(profile: Profile, out: Path, deps: dict[str, Path]) -> dict:
     tokenizer = tiny.build_tokenizer("".join(tiny.pretrain_text(r)) for r in rows)
     model = tiny.build_model(tokenizer, seed=0)
     log = tiny.pretrain(model, tokenizer, rows, steps=BASE_PRETRAIN_STEPS)
+    tiny.reset_chat_embeddings(model, tokenizer)  # so SFT can make <think> likely, not just argmax
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return {"model_id": "tiny", "params": sum(p.numel() for p in model.parameters()),
@@ -115,8 +186,15 @@ def build_sft(profile: Profile, out: Path, deps: dict[str, Path]) -> dict:
     return train_sft(profile, model_path(deps["base"]), out)
 
 
+def build_rm(profile: Profile, out: Path, deps: dict[str, Path]) -> dict:
+    """A reward model trained from the SFT stage on the preference pairs, as lab 02 teaches."""
+    from labkit.reward_model import train_reward_model
+
+    return train_reward_model(profile, model_path(deps["sft"]), out)
+
+
 BUILDERS: dict[str, Callable[[Profile, Path, dict[str, Path]], dict]] = {
-    "base": build_base, "sft": build_sft,
+    "base": build_base, "sft": build_sft, "rm": build_rm,
 }
 
 

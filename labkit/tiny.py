@@ -89,6 +89,28 @@ def pretrain_text(row: dict) -> tuple[str, str]:
     return row["question"] + "\n", row["reasoning"] + "\n" + row["answer"]
 
 
+def reset_chat_embeddings(model: Qwen3ForCausalLM, tokenizer: PreTrainedTokenizerFast,
+                          seed: int = 0) -> list[int]:
+    """Give the chat and think tokens fresh embeddings after pretraining; returns their ids.
+
+    Pretraining never shows these tokens, but every softmax pushes their (tied) embedding rows
+    away from the hidden states, so after pretraining no hidden state points toward them and
+    LoRA fine-tuning can only lift <think> to a few percent: greedy decoding still picks it, but
+    sampling at temperature 1 then mostly starts with junk. A random direction with the average
+    norm of the trained rows (the usual way to initialise added tokens) fixes that.
+    """
+    import torch
+
+    ids = tokenizer.convert_tokens_to_ids([BOS_CHAT, EOS_CHAT, THINK_OPEN, THINK_CLOSE])
+    weight = model.get_input_embeddings().weight
+    trained = torch.ones(len(weight), dtype=torch.bool)
+    trained[ids] = False
+    directions = torch.randn(len(ids), weight.shape[1], generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        weight[ids] = directions / directions.norm(dim=1, keepdim=True) * weight[trained].norm(dim=1).mean()
+    return ids
+
+
 def _cpu_has_bf16() -> bool:
     """True when this CPU runs bf16 matmuls natively (AVX512-BF16 or AMX)."""
     try:

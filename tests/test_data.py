@@ -128,9 +128,13 @@ def test_preference_pairs(splits):
         if row["rejected_kind"] == "bad_format":
             assert "<think>" not in row["rejected"]
         else:
-            rejected_answer = row["rejected"].rsplit("</think>", 1)[1]
+            think, rejected_answer = row["rejected"].rsplit("</think>", 1)
             assert rejected_answer != row["answer"]
-    assert kinds == {"wrong_answer", "no_reasoning", "bad_format"}
+            if row["rejected_kind"] == "wrong_final":   # right reasoning, a different final answer
+                assert think == "<think>" + row["reasoning"]
+            if row["rejected_kind"] == "wrong_step":    # the last step's result is wrong, and the answer follows it
+                assert think.endswith("=" + rejected_answer) and think != "<think>" + row["reasoning"]
+    assert kinds == {"wrong_final", "wrong_step", "no_reasoning", "bad_format"}
 
 
 # ---------------------------------------------------------------- validation errors

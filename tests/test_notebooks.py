@@ -51,9 +51,14 @@ NOTEBOOK_TIMEOUT_S = 3600  # per cell; CPU runs of the training notebooks take m
 EXPECTED_METRICS: dict[str, list[str]] = {
     "00_environment": ["profile", "oom_plan_gib", "fixed_plan_gib", "tiny_params"],
     "01_sft": ["heldout_acc_before", "heldout_acc_after", "format_rate_after"],
+    "02_reward_model": ["rm_heldout_pair_acc", "rm_oracle_agreement"],
+    "03_dpo": ["dpo_heldout_pref_acc", "dpo_margin_start", "dpo_margin_end", "heldout_acc_sft",
+               "heldout_acc_dpo"],
 }
 MIN_VALUES: dict[str, dict[str, float]] = {
     "01_sft": {"heldout_acc_after": 0.8, "format_rate_after": 0.9},
+    "02_reward_model": {"rm_heldout_pair_acc": 0.9},
+    "03_dpo": {"dpo_heldout_pref_acc": 0.8},
 }
 
 

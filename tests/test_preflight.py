@@ -126,3 +126,16 @@ def test_preflight_uses_the_given_plan():
 def test_every_gpu_profile_fits_its_smallest_gpu(name):
     profile = PROFILES[name]
     preflight(profile, gpu(profile.min_vram_gb))
+
+
+def test_pairwise_labs_count_chosen_and_rejected_sequences():
+    from labkit.preflight import train_plan
+
+    t4_dpo = get_profile("t4", lab="dpo")
+    assert train_plan(t4_dpo, "dpo").batch_size == 2 * t4_dpo.batch_size
+    assert train_plan(t4_dpo, "sft").batch_size == t4_dpo.batch_size
+    assert not train_plan(t4_dpo, "dpo").ref_model          # LoRA: the reference is free
+    full = get_profile("24gb", lab="dpo", lora_rank=0)
+    plan = train_plan(full, "dpo")
+    assert plan.lora_rank is None and plan.ref_model        # full fine-tuning keeps a frozen copy
+    assert train_plan(get_profile("cpu", lab="rm"), "rm").lora_rank is None

@@ -23,7 +23,7 @@ from labkit.evaluate import EvalResult, evaluate_accuracy
 from labkit.profiles import PROFILES, get_profile
 
 REPO_DATA = Path(__file__).resolve().parent.parent / "data"
-SMALL = {"pretrain": 300, "sft": 40, "eval": 8}
+SMALL = {"pretrain": 300, "sft": 40, "prefs": 20, "eval": 8}
 # The SFT stage reads its settings through LAB_OVERRIDES (stages use the canonical profile).
 TINY_SFT = {"sft": {"cpu": {"max_steps": 5, "batch_size": 4}}}
 
@@ -134,7 +134,7 @@ def test_folder_without_stage_json_is_rebuilt(fakes, cache):
 def test_unknown_stage_lists_the_known_ones(cache):
     with pytest.raises(KeyError) as error:
         stages.get_stage("dpo", get_profile("cpu"))
-    assert "'dpo'" in str(error.value) and "['base', 'sft']" in str(error.value)
+    assert "'dpo'" in str(error.value) and "['base', 'rm', 'sft']" in str(error.value)
 
 
 def test_gpu_base_stage_points_at_the_downloaded_model(fakes, cache, monkeypatch, tmp_path):
@@ -498,3 +498,73 @@ def test_evaluate_accuracy_by_hand(world):
     # level 1: rows 0, 1, 7 -> 2/3; level 2: rows 2, 3 -> 1/2; level 3: rows 4, 5, 6 -> 2/3
     assert result.by_level == {1: 2 / 3, 2: 1 / 2, 3: 2 / 3}
     assert list(result.by_level) == [1, 2, 3]
+
+
+# ---------------------------------------------------------------- publish_stage, keys, rm
+
+
+def _write_marker(folder: Path) -> None:
+    (folder / "weights.txt").write_text("from the notebook", encoding="utf-8")
+
+
+def test_publish_stage_keeps_a_model_trained_with_the_recipe(fakes, cache, capsys):
+    profile = get_profile("cpu", lab="rm")
+    path = stages.publish_stage("rm", profile, _write_marker, {"heldout_pair_acc": 0.9})
+    assert path == stages.stage_dir("rm", profile)
+    info = json.loads((path / "stage.json").read_text(encoding="utf-8"))
+    assert info["published_by"] == "notebook" and info["heldout_pair_acc"] == 0.9
+    # get_stage now returns it without building (the fakes would record a call)
+    assert stages.get_stage("rm", profile) == path and not [c for c in fakes if c[0] == "rm"]
+    assert "saved as stage 'rm'" in capsys.readouterr().out
+
+
+def test_publish_stage_refuses_changed_settings_or_seed(fakes, cache, capsys):
+    changed = get_profile("cpu", lab="rm", max_steps=7)
+    assert stages.publish_stage("rm", changed, _write_marker, {}) is None
+    assert "['max_steps']" in capsys.readouterr().out
+    assert stages.publish_stage("rm", get_profile("cpu", lab="rm"), _write_marker, {}, seed=1) is None
+    assert "seed 1" in capsys.readouterr().out
+    assert not stages.stage_dir("rm", changed).exists()
+
+
+def test_publish_stage_never_replaces_a_cached_stage(fakes, cache):
+    profile = get_profile("cpu", lab="rm")
+    first = stages.publish_stage("rm", profile, _write_marker, {"n": 1})
+    stages.publish_stage("rm", profile, lambda folder: (folder / "other.txt").write_text("x"), {"n": 2})
+    assert json.loads((first / "stage.json").read_text(encoding="utf-8"))["n"] == 1
+    assert not (first / "other.txt").exists()
+
+
+def test_new_profile_fields_for_other_labs_do_not_change_stage_keys(monkeypatch):
+    """A stage key covers only the fields its recipe reads: DPO's beta is not one of them."""
+    sft = get_profile("cpu", lab="sft")
+    monkeypatch.setattr(profiles, "LAB_OVERRIDES", {"sft": {"cpu": {}}})
+    before = stages.stage_key("sft", sft)
+    monkeypatch.setattr(profiles, "LAB_OVERRIDES", {"sft": {"cpu": {"beta": 0.5, "pref_dataset": "x"}}})
+    assert stages.stage_key("sft", sft) == before
+    monkeypatch.setattr(profiles, "LAB_OVERRIDES", {"sft": {"cpu": {"max_steps": 3}}})
+    assert stages.stage_key("sft", sft) != before
+
+
+def test_rm_stage_depends_on_sft_and_the_preference_file():
+    profile = get_profile("cpu")
+    assert stages.DEPENDS["rm"] == ["sft"] and stages.DATA_FILES["rm"] == ["prefs.jsonl"]
+    assert "pref_dataset" in stages.KEY_FIELDS["rm"]
+    assert stages.stage_key("rm", profile) != stages.stage_key("sft", profile)
+
+
+def test_reset_chat_embeddings_gives_trained_norms_to_the_chat_tokens():
+    rows = load_split("pretrain", limit=100)
+    tok = tiny.build_tokenizer("".join(tiny.pretrain_text(r)) for r in rows)
+    model = tiny.build_model(tok, seed=0)
+    weight = model.get_input_embeddings().weight
+    with torch.no_grad():
+        weight.mul_(3.0)                       # pretend training grew every row
+    before = weight.detach().clone()
+    ids = tiny.reset_chat_embeddings(model, tok)
+    assert ids == tok.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>", "<think>", "</think>"])
+    others = [i for i in range(len(weight)) if i not in ids]
+    assert torch.equal(weight[others], before[others])
+    expected = before[others].norm(dim=1).mean()
+    assert torch.allclose(weight[ids].norm(dim=1), expected.expand(len(ids)), rtol=1e-5)
+    assert model.get_output_embeddings().weight.data_ptr() == weight.data_ptr()   # still tied

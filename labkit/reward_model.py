@@ -1,0 +1,176 @@
+"""Reward models: a sequence-classification head on the SFT model, trained on preference pairs
+with TRL's RewardTrainer (Bradley-Terry loss), and scoring conversations with it.
+
+`train_reward_model` is the recipe lab 02 teaches; the "rm" stage reuses it so the PPO and
+test-time-compute labs get a reward model without running lab 02.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForSequenceClassification, PreTrainedModel
+from trl import RewardConfig
+
+from labkit.models import quantization_config, torch_dtype
+from labkit.profiles import Profile
+from labkit.trainer_args import common_args
+
+
+def reward_config(profile: Profile, output_dir: str | Path, seed: int = 0) -> RewardConfig:
+    """RewardConfig for `profile`. A constant learning rate (after a short warm-up): the tiny
+    reward model needs its late steps to learn to compare numbers, which a decaying rate starves."""
+    return RewardConfig(
+        **common_args(profile, output_dir, seed=seed),
+        per_device_eval_batch_size=profile.eval_batch_size,
+        lr_scheduler_type="constant_with_warmup",
+        max_length=profile.max_length,
+    )
+
+
+def rm_lora_config(profile: Profile):
+    """LoRA for a reward model (task SEQ_CLS, so PEFT also trains the new score head), or None
+    for full fine-tuning when the profile's lora_rank is 0."""
+    from labkit.models import lora_config
+
+    return lora_config(profile, task_type="SEQ_CLS")
+
+
+def load_reward_model(path: str | Path, profile: Profile) -> PreTrainedModel:
+    """A one-output sequence classifier from a local folder: a trained reward model, or a causal
+    LM whose LM head is replaced by a new, randomly initialised score head (num_labels=1).
+
+    A LoRA adapter folder (the "rm" stage on quantized profiles) is loaded on top of its base.
+    """
+    from peft import PeftModel
+
+    from labkit.models import _adapter_base
+
+    path = Path(path)
+    adapter = (path / "adapter_config.json").exists()
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(_adapter_base(path) if adapter else path), num_labels=1, dtype=torch_dtype(profile),
+        quantization_config=quantization_config(profile),
+        device_map="auto" if profile.device == "cuda" else None,
+    )
+    if adapter:
+        model = PeftModel.from_pretrained(model, str(path))
+    if model.config.pad_token_id is None:  # the head reads the last non-pad token of each row
+        model.config.pad_token_id = model.config.eos_token_id
+    return model
+
+
+@torch.no_grad()
+def score(model, tokenizer, conversations: list[list[dict]], batch_size: int = 64) -> list[float]:
+    """The reward of each full conversation (prompt and assistant reply), rendered with the chat
+    template exactly as RewardTrainer renders a pair's chosen or rejected side."""
+    model.eval()
+    texts = [tokenizer.apply_chat_template(c, tokenize=False) for c in conversations]
+    scores: list[float] = []
+    for start in range(0, len(texts), batch_size):
+        batch = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
+                          add_special_tokens=False).to(model.device)
+        scores += model(**batch).logits[:, 0].float().tolist()
+    return scores
+
+
+@dataclass
+class PairResult:
+    """Scores of held-out pairs and how often the chosen side wins, overall and by group."""
+
+    accuracy: float
+    by_group: dict[str, float]
+    chosen: list[float] = field(repr=False)
+    rejected: list[float] = field(repr=False)
+
+
+def pair_accuracy(model, tokenizer, rows: list[dict], system_prompt: str | None = None,
+                  group_by: str = "rejected_kind", batch_size: int = 64) -> PairResult:
+    """Score both sides of every pair; accuracy = share of pairs with chosen > rejected.
+
+    Rows without the `group_by` field (hub pairs) are grouped under "all".
+    """
+    from labkit.data import prompt_messages
+
+    def side(row: dict, key: str) -> list[dict]:
+        return prompt_messages(row, system_prompt) + [{"role": "assistant", "content": row[key]}]
+
+    chosen = score(model, tokenizer, [side(r, "chosen") for r in rows], batch_size)
+    rejected = score(model, tokenizer, [side(r, "rejected") for r in rows], batch_size)
+    wins = [float(c > r) for c, r in zip(chosen, rejected)]
+    groups: dict[str, list[float]] = {}
+    for row, win in zip(rows, wins):
+        groups.setdefault(str(row.get(group_by, "all")), []).append(win)
+    return PairResult(accuracy=sum(wins) / len(wins),
+                      by_group={k: sum(v) / len(v) for k, v in sorted(groups.items())},
+                      chosen=chosen, rejected=rejected)
+
+
+def train_reward_model(profile: Profile, sft_path: str | Path, out: Path, seed: int = 0) -> dict:
+    """Train a reward model from the SFT model on the profile's preference pairs; save it to `out`.
+
+    On a quantized profile the SFT stage is a LoRA adapter; the reward model then starts from the
+    adapter's base model (a sequence classifier cannot load a causal-LM adapter) and saves its own
+    adapter. Returns the training log and the held-out pair accuracy.
+    """
+    from trl import RewardTrainer
+
+    from labkit.data import preference_example, to_dataset
+    from labkit.hardware import detect
+    from labkit.models import _adapter_base, load_tokenizer
+    from labkit.preferences import load_preferences
+    from labkit.preflight import preflight
+
+    preflight(profile, detect(), lab="rm")
+    sft_path = Path(sft_path)
+    start = _adapter_base(sft_path) if (sft_path / "adapter_config.json").exists() else sft_path
+    tokenizer = load_tokenizer(start, padding_side="right")
+    model = load_reward_model(start, profile)
+    model.config.pad_token_id = tokenizer.pad_token_id
+
+    def pairs(split: str):
+        rows = load_preferences(profile.pref_dataset, split)
+        return rows, to_dataset(rows, lambda r: preference_example(r, profile.system_prompt))
+
+    _, train = pairs("train")
+    heldout_rows, _ = pairs("heldout")
+    trainer = RewardTrainer(model=model, args=reward_config(profile, out / "trainer", seed),
+                            train_dataset=train, processing_class=tokenizer,
+                            peft_config=rm_lora_config(profile))
+    trainer.train()
+    model = trainer.model
+    if profile.quant is None and hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    model.save_pretrained(out)
+    if (out / "adapter_config.json").exists():
+        (out / "base_model_path.txt").write_text(str(start), encoding="utf-8")
+    tokenizer.save_pretrained(out)
+    heldout = pair_accuracy(model, tokenizer, heldout_rows, profile.system_prompt,
+                            batch_size=profile.eval_batch_size)
+    return {"log_history": trainer.state.log_history, "heldout_pair_acc": heldout.accuracy,
+            "heldout_by_kind": heldout.by_group}
+
+
+def oracle_agreement(scores: list[float], correct: list[float], groups: list[object]) -> tuple[float, int]:
+    """How often the reward model ranks a right answer above a wrong one to the same question.
+
+    Over every pair (i, j) of samples in the same group (question) where the exact-answer check
+    says i is right and j is wrong, count score[i] > score[j]; ties count half. Returns
+    (agreement, number of such pairs); agreement is nan when there are no such pairs.
+    """
+    if not len(scores) == len(correct) == len(groups):
+        raise ValueError(f"scores, correct and groups differ in length: "
+                         f"{len(scores)}, {len(correct)}, {len(groups)}")
+    by_group: dict[object, list[tuple[float, float]]] = {}
+    for s, c, g in zip(scores, correct, groups):
+        by_group.setdefault(g, []).append((s, c))
+    wins, pairs = 0.0, 0
+    for items in by_group.values():
+        for s_right, c_right in items:
+            for s_wrong, c_wrong in items:
+                if c_right > 0.5 >= c_wrong:
+                    pairs += 1
+                    wins += 1.0 if s_right > s_wrong else 0.5 if s_right == s_wrong else 0.0
+    return (wins / pairs if pairs else float("nan")), pairs

@@ -1,0 +1,333 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 实验 03：直接偏好优化（DPO）
+#
+# **目标**
+# 1. 理解 DPO 如何跳过奖励模型：把奖励"藏"进策略本身，$r = \beta\log\frac{\pi_\theta}{\pi_{\text{ref}}}$；
+# 2. 亲手计算一批偏好对的 DPO 损失与隐式奖励，并与 TRL `DPOTrainer` 记录的 `rewards/*` 对照；
+# 3. 用 TRL 从 SFT 模型训练 DPO，画出隐式奖励、分差与偏好准确率曲线；比较三个 $\beta$ 和另一种损失（IPO）；
+# 4. 回到任务本身：DPO 之后，留出题目的贪心准确率和回答长度变了吗？
+#
+# **前置知识**：实验 01（SFT）、实验 02（奖励模型与 Bradley–Terry）。SFT 模型由 `labkit` 自动取用或训练。
+#
+# **运行时间**：CPU 配置约 2 分钟。
+
+# %% tags=["parameters"]
+PROFILE = "auto"      # "auto" | "cpu" | "t4" | "24gb" | "80gb"
+SEED = 0
+MAX_STEPS = None      # None: the profile's default for this lab (the same budget for every variant)
+LEARNING_RATE = None
+BETA = None           # None: the profile's beta (0.1)
+SWEEP_BETAS = (0.03, 0.5)   # compared with BETA on one figure
+IPO_BETA = 0.5        # IPO's tau: it pulls the per-token log-ratio gap toward 1 / (2 tau) = 1
+EVAL_LIMIT = None
+
+# %%
+from labkit.runtime import setup
+
+profile = setup(PROFILE, lab="dpo", seed=SEED, max_steps=MAX_STEPS, learning_rate=LEARNING_RATE,
+                beta=BETA, eval_limit=EVAL_LIMIT)
+
+# %% [markdown]
+# ## 理论回顾
+#
+# RLHF 的目标是在不偏离参考策略太远的前提下最大化奖励：
+#
+# $$\max_{\pi}\; \mathbb{E}_{x,\,y\sim\pi}\big[r(x,y)\big] - \beta\,\mathrm{KL}\big(\pi(\cdot\mid x)\,\|\,\pi_{\text{ref}}(\cdot\mid x)\big).$$
+#
+# 它的最优解有闭式：$\pi^*(y\mid x) \propto \pi_{\text{ref}}(y\mid x)\,e^{r(x,y)/\beta}$。反过来写，奖励可以用策略表示：
+#
+# $$r(x,y) = \beta \log\frac{\pi^*(y\mid x)}{\pi_{\text{ref}}(y\mid x)} + \beta\log Z(x).$$
+#
+# 代入 Bradley–Terry 模型（实验 02），与 $y$ 无关的 $\log Z(x)$ 在相减时抵消，得到 DPO 损失：
+#
+# $$\mathcal{L}_{\text{DPO}} = -\,\mathbb{E}\Big[\log\sigma\big(\beta\,(h_w - h_l)\big)\Big],\qquad
+# h = \log\pi_\theta(y\mid x) - \log\pi_{\text{ref}}(y\mid x),$$
+#
+# 其中 $\log\pi(y\mid x)=\sum_t \log\pi(y_t\mid x,y_{<t})$ 是回答各 token 对数概率之和。
+# $\beta h_w$、$\beta h_l$ 就是 TRL 日志里的 `rewards/chosen`、`rewards/rejected`（**隐式奖励**），
+# 二者之差是 `rewards/margins`，`rewards/accuracies` 是 $h_w>h_l$ 的比例。
+#
+# DPO 只需要两个模型：被训练的策略 $\pi_\theta$ 和冻结的参考 $\pi_{\text{ref}}$（这里就是 SFT 模型；用 LoRA 时，
+# 关掉适配器就得到参考模型，不必再存一份权重）。它是**离线**方法：只在固定的偏好对上训练，不采样新回答。
+#
+# **IPO** 把 sigmoid 损失换成平方损失 $\big(\tfrac{h_w}{n_w}-\tfrac{h_l}{n_l}-\tfrac{1}{2\tau}\big)^2$
+# （$n$ 为回答 token 数），让分差停在一个目标值，而不是无限增大。
+
+# %%
+import numpy as np
+import pandas as pd
+import torch
+from trl import DPOTrainer
+
+from labkit import metrics
+from labkit.algorithms import dpo_loss, masked_sum, response_logprobs
+from labkit.data import load_problems
+from labkit.dpo import dpo_config, preference_datasets, train_dpo
+from labkit.evaluate import evaluate_accuracy
+from labkit.hardware import detect
+from labkit.models import load_model, load_tokenizer, lora_config
+from labkit.plotting import plot_bars, plot_metrics
+from labkit.preflight import preflight
+from labkit.stages import get_stage, model_path
+
+estimate = preflight(profile, detect(), lab="dpo")   # refuses a config that will not fit, on a GPU
+print(f"estimated peak memory for this run: {estimate.total_bytes / 2**30:.2f} GiB")
+sft_dir = model_path(get_stage("sft", profile))
+train_ds, heldout_ds, heldout_rows = preference_datasets(profile)
+check_ds = heldout_ds.select(range(8))      # one small batch for the hand calculation
+print(f"{len(train_ds)} training pairs, {len(heldout_ds)} held-out pairs")
+
+# %% [markdown]
+# ## 第一步：构造 DPOTrainer
+#
+# 同一份偏好数据（`data/prefs.jsonl`，最后 200 对留出）。LoRA 适配器从零开始训练，参考模型 = 关闭适配器的 SFT 模型。
+
+# %%
+tokenizer = load_tokenizer(sft_dir, padding_side="right")
+policy = load_model(sft_dir, profile)
+args = dpo_config(profile, "outputs/03_dpo", seed=SEED)
+trainer = DPOTrainer(model=policy, args=args, train_dataset=train_ds,
+                     eval_dataset=heldout_ds,
+                     processing_class=tokenizer, peft_config=lora_config(profile))
+print({k: getattr(args, k) for k in ["beta", "loss_type", "max_steps", "per_device_train_batch_size",
+                                     "learning_rate", "use_cpu", "bf16", "fp16"]})
+
+# %% [markdown]
+# ## 第二步：训练（β = 0.1，sigmoid 损失）
+#
+# 训练前策略与参考相同，所有隐式奖励都是 0。看曲线时注意 `rewards/chosen` 的走向：
+# DPO 只要求 chosen **相对** rejected 变好，并不保证 chosen 自身的概率上升。
+
+# %%
+train_result = trainer.train()
+dpo_seconds = train_result.metrics["train_runtime"]
+fig = plot_metrics(trainer.state.log_history,
+                   ["rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"],
+                   title=f"DPO 训练曲线 (β={args.beta}) / DPO training curves")
+
+# %% [markdown]
+# ## 第三步：亲手算 DPO 损失与隐式奖励
+#
+# 用训练后的策略，在 8 个留出偏好对上：整理函数把 chosen 排在前 $B$ 行、rejected 在后 $B$ 行，
+# `completion_mask` 标出回答 token。我们用 `labkit.algorithms.response_logprobs` 取每个回答 token 的对数概率并求和，
+# 关掉 LoRA 适配器再算一遍得到参考模型的值，然后按公式算出损失和隐式奖励，与 `trainer.evaluate` 在同一批数据上的结果对照。
+
+# %%
+batch = trainer.data_collator([trainer.eval_dataset[i] for i in range(len(check_ds))])   # = check_ds
+B = len(check_ds)
+model = trainer.model
+model.eval()
+with torch.no_grad():
+    logp = masked_sum(response_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"]),
+                      batch["completion_mask"], dim=1)
+    with model.disable_adapter():                      # the reference = SFT model, adapter off
+        ref_logp = masked_sum(response_logprobs(model, batch["input_ids"], batch["attention_mask"],
+                                                batch["completion_mask"]), batch["completion_mask"], dim=1)
+h_w, h_l = logp[:B] - ref_logp[:B], logp[B:] - ref_logp[B:]
+beta = args.beta
+loss_by_hand = -torch.nn.functional.logsigmoid(beta * (h_w - h_l)).mean()
+reward_w, reward_l = beta * h_w, beta * h_l
+labkit_losses, labkit_w, labkit_l = dpo_loss(logp[:B], logp[B:], ref_logp[:B], ref_logp[B:], beta=beta)
+assert torch.allclose(labkit_losses.mean(), loss_by_hand, atol=1e-6) and torch.allclose(labkit_w, reward_w)
+
+trl_check = trainer.evaluate(check_ds)
+rows = {"loss": (loss_by_hand, trl_check["eval_loss"]),
+        "rewards/chosen": (reward_w.mean(), trl_check["eval_rewards/chosen"]),
+        "rewards/rejected": (reward_l.mean(), trl_check["eval_rewards/rejected"]),
+        "rewards/margins": ((reward_w - reward_l).mean(), trl_check["eval_rewards/margins"]),
+        "rewards/accuracies": ((reward_w > reward_l).float().mean(), trl_check["eval_rewards/accuracies"])}
+for name, (mine, theirs) in rows.items():
+    print(f"{name:<20} by hand {float(mine):+.5f}   TRL {theirs:+.5f}")
+    assert abs(float(mine) - theirs) < 1e-3, name
+
+# %% [markdown]
+# ## 第四步：留出偏好准确率，以及任务本身的变化
+#
+# 偏好准确率衡量 DPO 的"训练目标"：留出对上 $h_w>h_l$ 的比例。但我们真正关心的是任务：
+# 对留出题目贪心解码，准确率与回答长度（token 数）相比 SFT 模型如何？
+
+# %%
+heldout_eval = trainer.evaluate()   # its eval_dataset: the 200 held-out pairs
+pref_acc = heldout_eval["eval_rewards/accuracies"]
+margin_log = [h["rewards/margins"] for h in trainer.state.log_history if "rewards/margins" in h]
+print(f"held-out preference accuracy {pref_acc:.3f}; training margin {margin_log[0]:.3f} -> {margin_log[-1]:.3f}")
+
+eval_rows = load_problems(profile.dataset, "eval", limit=profile.eval_limit)
+dpo_model = model   # the LoRA-wrapped policy; kept unmerged, so the adapter can still be switched off
+sft_model = load_model(sft_dir, profile)
+sft_eval = evaluate_accuracy(sft_model, tokenizer, eval_rows, profile, desc="eval SFT")
+dpo_eval = evaluate_accuracy(dpo_model, tokenizer, eval_rows, profile, desc="eval DPO")
+
+
+def mean_tokens(completions: list[str]) -> float:
+    return float(np.mean([len(tokenizer(c, add_special_tokens=False).input_ids) for c in completions]))
+
+
+print(f"greedy accuracy   SFT {sft_eval.accuracy:.3f}   DPO {dpo_eval.accuracy:.3f}")
+print(f"format ok         SFT {sft_eval.format_rate:.3f}   DPO {dpo_eval.format_rate:.3f}")
+print(f"mean length (tok) SFT {mean_tokens(sft_eval.completions):.1f}    DPO {mean_tokens(dpo_eval.completions):.1f}")
+levels = sorted(sft_eval.by_level)
+fig = plot_bars({**{f"L{k} SFT": sft_eval.by_level[k] for k in levels},
+                 **{f"L{k} DPO": dpo_eval.by_level[k] for k in levels}},
+                title="SFT 与 DPO 的留出题目准确率 / held-out accuracy, SFT vs DPO", ylabel="准确率 (0-1)")
+
+# %% [markdown]
+# 看几道 SFT 做对、DPO 做错的题，DPO 的回答变成了什么样：
+
+# %%
+broken = [i for i in range(len(eval_rows)) if sft_eval.correct[i] == 1 and dpo_eval.correct[i] == 0]
+fixed = [i for i in range(len(eval_rows)) if sft_eval.correct[i] == 0 and dpo_eval.correct[i] == 1]
+print(f"{len(broken)} problems right after SFT and wrong after DPO; {len(fixed)} the other way")
+pd.DataFrame({"question": [eval_rows[i]["question"] for i in broken[:6]],
+              "gold": [eval_rows[i]["answer"] for i in broken[:6]],
+              "SFT": [sft_eval.completions[i] for i in broken[:6]],
+              "DPO": [dpo_eval.completions[i] for i in broken[:6]]})
+
+# %% [markdown]
+# ## 第五步：β 扫描与 IPO（同样的数据、步数和学习率）
+#
+# 再训练三个变体（每个都从 SFT 模型和新的 LoRA 适配器开始）：两个不同的 $\beta$，以及 IPO。
+# 注意隐式奖励 $\beta h$ 随 $\beta$ 缩放，所以比较不同 $\beta$ 时也看未缩放的对数比分差 $h_w-h_l$ = margin / β。
+
+# %%
+runs = {f"sigmoid β={args.beta}": trainer}
+variants = [(f"sigmoid β={b}", "sigmoid", b) for b in SWEEP_BETAS] + [(f"ipo τ={IPO_BETA}", "ipo", IPO_BETA)]
+for name, loss_type, b in variants:
+    runs[name] = train_dpo(profile, sft_dir, train_ds, f"outputs/03_dpo_{loss_type}_{b}", beta=b,
+                           loss_type=loss_type, eval_dataset=heldout_ds, seed=SEED)
+
+results = []
+for name, run in runs.items():
+    ev = heldout_eval if run is trainer else run.evaluate()
+    b = run.args.beta
+    results.append({"variant": name, "held-out pref acc": round(ev["eval_rewards/accuracies"], 3),
+                    "margin (β·Δh)": round(ev["eval_rewards/margins"], 3),
+                    "log-ratio gap Δh": round(ev["eval_rewards/margins"] / b, 2),
+                    "chosen logp": round(ev["eval_logps/chosen"], 2),
+                    "rejected logp": round(ev["eval_logps/rejected"], 2)})
+results = pd.DataFrame(results)
+sigmoid_runs = {k: v.state.log_history for k, v in runs.items() if k.startswith("sigmoid")}
+fig = plot_metrics(sigmoid_runs, ["rewards/margins", "rewards/accuracies", "logps/chosen"],
+                   title="β 扫描 / beta sweep (sigmoid DPO)")
+fig = plot_metrics({k: v.state.log_history for k, v in runs.items() if k in (f"sigmoid β={args.beta}", variants[-1][0])},
+                   ["loss", "rewards/accuracies", "logps/chosen"], title="DPO 与 IPO / DPO vs IPO")
+results
+
+# %% [markdown]
+# 作为对照，SFT 模型（即参考模型）在同样留出对上的平均序列对数概率：
+
+# %%
+def reference_logps(run, dataset, pairs_per_batch: int = 100) -> tuple[float, float]:
+    """Mean log pi_ref(chosen) and log pi_ref(rejected) over `dataset`, adapter switched off."""
+    chosen, rejected = [], []
+    for start in range(0, len(dataset), pairs_per_batch):
+        part = run.data_collator([dataset[i] for i in range(start, min(start + pairs_per_batch, len(dataset)))])
+        n = len(part["input_ids"]) // 2
+        with torch.no_grad(), run.model.disable_adapter():
+            lp = masked_sum(response_logprobs(run.model, part["input_ids"], part["attention_mask"],
+                                              part["completion_mask"]), part["completion_mask"], dim=1)
+        chosen += lp[:n].tolist()
+        rejected += lp[n:].tolist()
+    return float(np.mean(chosen)), float(np.mean(rejected))
+
+
+ref_chosen, ref_rejected = reference_logps(trainer, trainer.eval_dataset)
+print(f"SFT (reference) on held-out pairs: chosen logp {ref_chosen:.2f}, rejected logp {ref_rejected:.2f}")
+for row in results.itertuples():
+    direction = "rose" if row._5 > ref_chosen else "fell"
+    print(f"{row.variant:<16} chosen logp {direction} ({ref_chosen:.2f} -> {row._5:.2f}), "
+          f"rejected logp {ref_rejected:.2f} -> {row._6:.2f}")
+
+# %% [markdown]
+# **读结果。** 以下每一点都对应上面本次运行打印的数字：
+# - **训练目标变好了**：留出偏好准确率从 0.5（训练前全是平局）升到表中的值，分差持续增大；
+#   rejected 的对数概率比参考模型低得多，chosen 的对数概率则基本不动或略升——本实验里 DPO 主要靠
+#   **压低 rejected** 拉开分差（文献中还报告过 chosen 也一起下降的 likelihood displacement，可对照表中各行）。
+# - **β**：β 越小，对参考模型的约束越弱，未缩放的对数比分差 $\Delta h$ 走得越远；β 越大越贴近 SFT 模型。
+#   **IPO** 把分差拉向固定目标，对数概率的变化最温和。
+# - **任务本身变差了**：比较 SFT 与 DPO 的贪心准确率、格式正确率和上面"SFT 对、DPO 错"的例子——
+#   DPO 模型常常只写一两步推理就提前输出 `</think>` 和答案。偏好准确率上升并不意味着生成变好：
+#   DPO 只在**固定的离线回答**上比较概率，从不看策略自己生成的是什么；它压低 rejected 时，
+#   概率质量会流向数据里没出现过的回答（这里是截断的推理）。这正是第 14 章"为什么不直接用 DPO"所说的
+#   局限：数据天然不成对、离线训练、无法直接利用可验证的标量奖励。实验 05 的 GRPO 会在策略自己的采样上
+#   用判分器训练。
+# - 本实验故意用了较大的学习率和 LoRA，让 40 步内就能看到效果；更小的学习率、更少的步数或更大的 β
+#   会减轻对任务的破坏（见下面的思考题）。
+#
+# 微型模型上的结论只说明机制，不代表大模型上的幅度。
+#
+# ## 练习
+#
+# **练习 1**：给定策略与参考模型在 chosen / rejected 上的序列对数概率，写出 DPO（sigmoid）损失的平均值。
+
+# %% tags=["solution"]
+def my_dpo_loss(logp_w, logp_l, ref_w, ref_l, beta: float) -> torch.Tensor:
+    # TODO: h = logp - ref_logp；损失 = -log sigmoid(beta * (h_w - h_l)) 的平均
+    return -torch.nn.functional.logsigmoid(beta * ((logp_w - ref_w) - (logp_l - ref_l))).mean()
+
+
+# %% tags=["check"]
+from labkit import exercises
+
+
+def check_dpo_loss(fn):
+    lw, ll = torch.tensor([-5.0, -9.0]), torch.tensor([-7.0, -6.0])     # policy: chosen, rejected
+    rw, rl = torch.tensor([-6.0, -8.0]), torch.tensor([-5.0, -9.0])     # reference: chosen, rejected
+    # h_w = (1, -1), h_l = (-2, 3), h_w - h_l = (3, -4): mean of -log sigmoid(0.1 * (3, -4))
+    exercises.check_close("dpo loss, beta=0.1", fn(lw, ll, rw, rl, 0.1), 0.7336853,
+                          hint="h 是策略与参考模型对数概率之差；sigmoid 里乘 beta")
+    exercises.check_close("dpo loss at the reference", fn(rw, rl, rw, rl, 0.1), 0.6931472,
+                          hint="策略等于参考时 h=0，损失是 log 2")
+
+
+check_dpo_loss(my_dpo_loss)
+
+# %% tags=["wrong"]
+exercises.expect_failure(lambda: check_dpo_loss(
+    lambda lw, ll, rw, rl, beta: -torch.nn.functional.logsigmoid(beta * (lw - ll)).mean()))
+
+# %% [markdown]
+# **练习 2**：隐式奖励。给定 β、策略与参考在同一回答上的序列对数概率，返回 DPO 的隐式奖励 $\beta(\log\pi_\theta-\log\pi_{\text{ref}})$。
+
+# %% tags=["solution"]
+def implicit_reward(logp: float, ref_logp: float, beta: float) -> float:
+    # TODO
+    return beta * (logp - ref_logp)
+
+
+# %% tags=["check"]
+def check_implicit_reward(fn):
+    exercises.check_close("reward(-10, -12, 0.1)", fn(-10.0, -12.0, 0.1), 0.2)
+    exercises.check_close("reward(-12, -10, 0.5)", fn(-12.0, -10.0, 0.5), -1.0,
+                          hint="策略比参考更不可能生成该回答时，奖励为负")
+
+
+check_implicit_reward(implicit_reward)
+
+# %% tags=["wrong"]
+exercises.expect_failure(lambda: check_implicit_reward(lambda logp, ref, beta: beta * logp))
+
+# %% [markdown]
+# **思考题**（不计分）：把 `LEARNING_RATE` 改为 `5e-4`、或把 `BETA` 改为 `0.5` 重新运行，SFT→DPO 的贪心准确率
+# 下降得少了吗？偏好准确率又如何？这说明"偏好准确率"与"任务表现"之间是什么关系？
+
+# %%
+metrics.record(dpo_heldout_pref_acc=round(pref_acc, 4), dpo_margin_start=round(margin_log[0], 4),
+               dpo_margin_end=round(margin_log[-1], 4), heldout_acc_sft=round(sft_eval.accuracy, 4),
+               heldout_acc_dpo=round(dpo_eval.accuracy, 4),
+               mean_len_sft=round(mean_tokens(sft_eval.completions), 2),
+               mean_len_dpo=round(mean_tokens(dpo_eval.completions), 2), dpo_train_seconds=round(dpo_seconds, 1))
+metrics.show()

@@ -1,0 +1,74 @@
+"""Tests for labkit.preferences: the kit's train / held-out split and hub preference sets."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from labkit.data import DataError
+from labkit.preferences import HELDOUT_PAIRS, load_preferences, parse_pair
+
+
+def test_kit_split_is_disjoint_and_complete():
+    train = load_preferences("kit", "train")
+    heldout = load_preferences("kit", "heldout")
+    assert len(heldout) == HELDOUT_PAIRS == 200
+    assert len(train) == 1300
+    assert not {r["id"] for r in train} & {r["id"] for r in heldout}
+    assert heldout[0]["id"] == "prefs-01300"           # the last 200 rows, in file order
+    assert {"question", "chosen", "rejected", "rejected_kind", "answer"} <= heldout[0].keys()
+
+
+def test_kit_pairs_have_every_rejected_kind_in_both_splits():
+    for split in ("train", "heldout"):
+        kinds = {r["rejected_kind"] for r in load_preferences("kit", split)}
+        assert kinds == {"bad_format", "no_reasoning", "wrong_final", "wrong_step"}
+
+
+def test_limit_and_unknown_split():
+    assert len(load_preferences("kit", "train", limit=5)) == 5
+    with pytest.raises(DataError, match="valid splits: train, heldout"):
+        load_preferences("kit", "test")
+
+
+@pytest.mark.parametrize("raw, question, chosen", [
+    ({"prompt": "1+1?", "chosen": "2", "rejected": "3"}, "1+1?", "2"),
+    ({"prompt": [{"role": "user", "content": "1+1?"}],
+      "chosen": [{"role": "user", "content": "1+1?"}, {"role": "assistant", "content": "2"}],
+      "rejected": [{"role": "assistant", "content": "3"}]}, "1+1?", "2"),
+    ({"instruction": "1+1?", "chosen_response": "2", "rejected_response": "3", "chosen_rating": 9},
+     "1+1?", "2"),
+])
+def test_parse_pair_reads_known_layouts(raw, question, chosen):
+    pair = parse_pair(raw, 7, "some/set")
+    assert pair == {"id": "pair-00007", "question": question, "chosen": chosen, "rejected": "3"}
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"text": "x"}, r"some/set \[row 3\]: no known preference columns"),
+    ({"prompt": "q", "chosen": "same", "rejected": "same"}, r"\[row 3\]: chosen and rejected are the same"),
+    ({"prompt": "q", "chosen": " ", "rejected": "b"}, r"\[row 3\]: chosen is empty"),
+    ({"prompt": "q", "chosen": 5, "rejected": "b"}, r"\[row 3\]: expected a string or a list of messages"),
+    ("not a dict", r"\[row 3\]: expected a JSON object"),
+])
+def test_parse_pair_names_the_bad_row(raw, message):
+    with pytest.raises(DataError, match=message):
+        parse_pair(raw, 3, "some/set")
+
+
+def test_local_hub_snapshot_is_split_by_fraction(tmp_path):
+    folder = tmp_path / "snapshot" / "data"
+    folder.mkdir(parents=True)
+    rows = [{"instruction": f"q{i}", "chosen_response": f"good {i}", "rejected_response": f"bad {i}"}
+            for i in range(30)]
+    (folder / "train-00000.jsonl").write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+    train = load_preferences(str(tmp_path / "snapshot"), "train")
+    heldout = load_preferences(str(tmp_path / "snapshot"), "heldout")
+    assert [r["question"] for r in heldout] == ["q27", "q28", "q29"]   # the last 10 %
+    assert len(train) == 27
+
+
+def test_folder_without_train_files_is_an_error(tmp_path):
+    with pytest.raises(DataError, match="no train"):
+        load_preferences(str(tmp_path), "train")
