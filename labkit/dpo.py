@@ -29,20 +29,6 @@ def dpo_config(profile: Profile, output_dir: str | Path, *, beta: float | None =
     )
 
 
-def preference_datasets(profile: Profile, limit: int | None = None):
-    """(train, heldout) datasets of the profile's pairs in TRL's conversational format, and
-    the held-out rows themselves (for per-kind analysis)."""
-    from labkit.data import preference_example, to_dataset
-    from labkit.preferences import load_preferences
-
-    def convert(rows: list[dict]):
-        return to_dataset(rows, lambda r: preference_example(r, profile.system_prompt))
-
-    train_rows = load_preferences(profile.pref_dataset, "train", limit=limit)
-    heldout_rows = load_preferences(profile.pref_dataset, "heldout")
-    return convert(train_rows), convert(heldout_rows), heldout_rows
-
-
 def train_dpo(profile: Profile, model_path: str | Path, train_dataset, output_dir: str | Path, *,
               beta: float | None = None, loss_type: str = "sigmoid", max_steps: int | None = None,
               eval_dataset=None, seed: int = 0):

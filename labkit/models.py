@@ -55,9 +55,7 @@ def load_model(path: str | Path, profile: Profile) -> PreTrainedModel:
 
     Never uses trust_remote_code: Qwen3 is built into transformers.
     """
-    path = Path(path)
-    adapter = (path / "adapter_config.json").exists()
-    base_path = _adapter_base(path) if adapter else path
+    base_path, adapter = base_weights(path)
     model = AutoModelForCausalLM.from_pretrained(
         str(base_path), dtype=torch_dtype(profile),
         quantization_config=quantization_config(profile),
@@ -71,10 +69,16 @@ def load_model(path: str | Path, profile: Profile) -> PreTrainedModel:
     return model
 
 
-def _adapter_base(adapter_dir: Path) -> Path:
-    """The base-model folder an adapter stage points at (written by labkit.stages)."""
-    pointer = adapter_dir / "base_model_path.txt"
+def base_weights(path: str | Path) -> tuple[Path, bool]:
+    """(folder holding the full weights, whether `path` is a LoRA adapter folder on top of them).
+
+    A full model folder is its own base; an adapter stage names its base in base_model_path.txt.
+    """
+    path = Path(path)
+    if not (path / "adapter_config.json").exists():
+        return path, False
+    pointer = path / "base_model_path.txt"
     if not pointer.exists():
         raise FileNotFoundError(f"{pointer} is missing: the adapter's base model is unknown; "
                                 "rebuild the stage with labkit.stages.get_stage(..., rebuild=True)")
-    return Path(pointer.read_text(encoding="utf-8").strip())
+    return Path(pointer.read_text(encoding="utf-8").strip()), True

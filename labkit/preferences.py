@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from labkit.data import DataError, load_split
+from labkit.data import DataError, load_split, preference_example, to_dataset
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 HELDOUT_PAIRS = 200          # the kit's last 200 pairs are held out
 HUB_HELDOUT_FRACTION = 0.1   # a hub set with one split: its last 10 % is held out
@@ -42,6 +45,11 @@ def load_preferences(source: str, split: str, limit: int | None = None) -> list[
         cut = len(rows) - max(1, int(len(rows) * HUB_HELDOUT_FRACTION))
     rows = rows[:cut] if split == "train" else rows[cut:]
     return rows[:limit] if limit is not None else rows
+
+
+def pair_dataset(rows: list[dict], system_prompt: str | None = None) -> Dataset:
+    """Pairs in TRL's conversational preference format, for RewardTrainer and DPOTrainer."""
+    return to_dataset(rows, lambda r: preference_example(r, system_prompt))
 
 
 def _load_hub_pairs(source: str) -> list[dict]:

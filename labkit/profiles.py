@@ -78,16 +78,17 @@ PROFILES: dict[str, Profile] = {
         name="24gb", description="24 GB (RTX 3090/4090): Qwen3-1.7B-Base, bf16, LoRA",
         device="cuda", min_vram_gb=22, model_id="Qwen/Qwen3-1.7B-Base", dtype="bf16",
         quant=None, dataset="gsm8k", pref_dataset=MATH_PREFS, system_prompt=SYSTEM_PROMPT,
-        batch_size=4, grad_accum=4, max_steps=300, learning_rate=1e-4, max_length=1024, max_new_tokens=512,
-        num_generations=8, eval_limit=300, eval_batch_size=64, gradient_checkpointing=True,
+        batch_size=4, grad_accum=4, max_steps=300, learning_rate=1e-4, max_length=1024,
+        max_new_tokens=512, num_generations=8, eval_limit=300, eval_batch_size=64,
+        gradient_checkpointing=True,
     ),
     "80gb": Profile(
         name="80gb", description="40-80 GB (A100/H100): Qwen3-1.7B-Base, bf16, LoRA, larger groups",
         device="cuda", min_vram_gb=38, model_id="Qwen/Qwen3-1.7B-Base", dtype="bf16",
         quant=None, dataset="gsm8k", pref_dataset=MATH_PREFS, system_prompt=SYSTEM_PROMPT,
-        lora_rank=64, lora_alpha=128, batch_size=16, grad_accum=1, max_steps=500, learning_rate=1e-4, max_length=1024,
-        max_new_tokens=768, num_generations=16, eval_limit=500, eval_batch_size=128,
-        gradient_checkpointing=True,
+        lora_rank=64, lora_alpha=128, batch_size=16, grad_accum=1, max_steps=500,
+        learning_rate=1e-4, max_length=1024, max_new_tokens=768, num_generations=16,
+        eval_limit=500, eval_batch_size=128, gradient_checkpointing=True,
     ),
 }
 

@@ -14,7 +14,8 @@ import torch
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
 from trl import RewardConfig
 
-from labkit.models import quantization_config, torch_dtype
+from labkit.data import prompt_messages
+from labkit.models import base_weights, lora_config, quantization_config, torch_dtype
 from labkit.profiles import Profile
 from labkit.trainer_args import common_args
 
@@ -33,32 +34,27 @@ def reward_config(profile: Profile, output_dir: str | Path, seed: int = 0) -> Re
 def rm_lora_config(profile: Profile):
     """LoRA for a reward model (task SEQ_CLS, so PEFT also trains the new score head), or None
     for full fine-tuning when the profile's lora_rank is 0."""
-    from labkit.models import lora_config
-
     return lora_config(profile, task_type="SEQ_CLS")
 
 
-def load_reward_model(path: str | Path, profile: Profile) -> PreTrainedModel:
+def load_reward_model(path: str | Path, profile: Profile, tokenizer) -> PreTrainedModel:
     """A one-output sequence classifier from a local folder: a trained reward model, or a causal
     LM whose LM head is replaced by a new, randomly initialised score head (num_labels=1).
 
     A LoRA adapter folder (the "rm" stage on quantized profiles) is loaded on top of its base.
+    The head reads each row's last non-pad token, so the model gets `tokenizer`'s pad id.
     """
     from peft import PeftModel
 
-    from labkit.models import _adapter_base
-
-    path = Path(path)
-    adapter = (path / "adapter_config.json").exists()
+    weights, adapter = base_weights(path)
     model = AutoModelForSequenceClassification.from_pretrained(
-        str(_adapter_base(path) if adapter else path), num_labels=1, dtype=torch_dtype(profile),
+        str(weights), num_labels=1, dtype=torch_dtype(profile),
         quantization_config=quantization_config(profile),
         device_map="auto" if profile.device == "cuda" else None,
     )
     if adapter:
         model = PeftModel.from_pretrained(model, str(path))
-    if model.config.pad_token_id is None:  # the head reads the last non-pad token of each row
-        model.config.pad_token_id = model.config.eos_token_id
+    model.config.pad_token_id = tokenizer.pad_token_id
     return model
 
 
@@ -74,6 +70,14 @@ def score(model, tokenizer, conversations: list[list[dict]], batch_size: int = 6
                           add_special_tokens=False).to(model.device)
         scores += model(**batch).logits[:, 0].float().tolist()
     return scores
+
+
+def score_responses(model, tokenizer, rows: list[dict], responses: list[str],
+                    system_prompt: str | None = None, batch_size: int = 64) -> list[float]:
+    """The reward of responses[i] as the answer to rows[i]["question"]."""
+    conversations = [prompt_messages(row, system_prompt) + [{"role": "assistant", "content": response}]
+                     for row, response in zip(rows, responses, strict=True)]
+    return score(model, tokenizer, conversations, batch_size)
 
 
 @dataclass
@@ -92,13 +96,9 @@ def pair_accuracy(model, tokenizer, rows: list[dict], system_prompt: str | None 
 
     Rows without the `group_by` field (hub pairs) are grouped under "all".
     """
-    from labkit.data import prompt_messages
-
-    def side(row: dict, key: str) -> list[dict]:
-        return prompt_messages(row, system_prompt) + [{"role": "assistant", "content": row[key]}]
-
-    chosen = score(model, tokenizer, [side(r, "chosen") for r in rows], batch_size)
-    rejected = score(model, tokenizer, [side(r, "rejected") for r in rows], batch_size)
+    chosen = score_responses(model, tokenizer, rows, [r["chosen"] for r in rows], system_prompt, batch_size)
+    rejected = score_responses(model, tokenizer, rows, [r["rejected"] for r in rows], system_prompt,
+                               batch_size)
     wins = [float(c > r) for c, r in zip(chosen, rejected)]
     groups: dict[str, list[float]] = {}
     for row, win in zip(rows, wins):
@@ -117,25 +117,17 @@ def train_reward_model(profile: Profile, sft_path: str | Path, out: Path, seed: 
     """
     from trl import RewardTrainer
 
-    from labkit.data import preference_example, to_dataset
     from labkit.hardware import detect
-    from labkit.models import _adapter_base, load_tokenizer
-    from labkit.preferences import load_preferences
+    from labkit.models import load_tokenizer
+    from labkit.preferences import load_preferences, pair_dataset
     from labkit.preflight import preflight
 
     preflight(profile, detect(), lab="rm")
-    sft_path = Path(sft_path)
-    start = _adapter_base(sft_path) if (sft_path / "adapter_config.json").exists() else sft_path
+    start, _ = base_weights(sft_path)
     tokenizer = load_tokenizer(start, padding_side="right")
-    model = load_reward_model(start, profile)
-    model.config.pad_token_id = tokenizer.pad_token_id
-
-    def pairs(split: str):
-        rows = load_preferences(profile.pref_dataset, split)
-        return rows, to_dataset(rows, lambda r: preference_example(r, profile.system_prompt))
-
-    _, train = pairs("train")
-    heldout_rows, _ = pairs("heldout")
+    model = load_reward_model(start, profile, tokenizer)
+    train = pair_dataset(load_preferences(profile.pref_dataset, "train"), profile.system_prompt)
+    heldout_rows = load_preferences(profile.pref_dataset, "heldout")
     trainer = RewardTrainer(model=model, args=reward_config(profile, out / "trainer", seed),
                             train_dataset=train, processing_class=tokenizer,
                             peft_config=rm_lora_config(profile))

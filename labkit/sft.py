@@ -8,7 +8,7 @@ from pathlib import Path
 from trl import SFTConfig
 
 from labkit.profiles import Profile
-from labkit.trainer_args import common_args, precision_args  # noqa: F401 (precision_args: re-export)
+from labkit.trainer_args import common_args
 
 
 def sft_config(profile: Profile, output_dir: str | Path, seed: int = 0) -> SFTConfig:

@@ -80,7 +80,6 @@ def get_stage(name: str, profile: Profile, rebuild: bool = False) -> Path:
 def _build_lock(path: Path) -> Iterator[None]:
     """Hold an exclusive lock while building `path`, so two notebooks that need the same missing
     stage build it once (the second waits, then reuses it). No lock where fcntl is missing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
         import fcntl
     except ImportError:  # Windows: builds are not serialised

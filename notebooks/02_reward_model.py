@@ -65,15 +65,15 @@ from trl import RewardTrainer
 
 from labkit import metrics
 from labkit.algorithms import bradley_terry_loss
-from labkit.data import load_problems, preference_example, prompt_messages, to_dataset
+from labkit.data import load_problems, prompt_messages
 from labkit.evaluate import generate
 from labkit.hardware import detect
 from labkit.models import load_model, load_tokenizer
 from labkit.plotting import plot_bars, plot_hist, plot_metrics
-from labkit.preferences import load_preferences
+from labkit.preferences import load_preferences, pair_dataset
 from labkit.preflight import preflight
 from labkit.reward_model import (load_reward_model, oracle_agreement, pair_accuracy, reward_config,
-                                 rm_lora_config, score)
+                                 rm_lora_config, score_responses)
 from labkit.rewards import accuracy_reward
 from labkit.stages import get_stage, model_path, publish_stage
 
@@ -113,18 +113,13 @@ pd.DataFrame([{k: r.get(k) for k in ("question", "chosen", "rejected", "rejected
 
 # %%
 tokenizer = load_tokenizer(sft_dir, padding_side="right")
-rm = load_reward_model(sft_dir, profile)
-rm.config.pad_token_id = tokenizer.pad_token_id
+rm = load_reward_model(sft_dir, profile, tokenizer)
 print(type(rm).__name__, "score head:", tuple(rm.score.weight.shape))
-
-
-def pairs_dataset(rows):
-    return to_dataset(rows, lambda r: preference_example(r, profile.system_prompt))
-
 
 check_rows = heldout_rows[:8]   # one small batch for the hand calculation below
 trainer = RewardTrainer(model=rm, args=reward_config(profile, "outputs/02_reward_model", seed=SEED),
-                        train_dataset=pairs_dataset(train_rows), eval_dataset=pairs_dataset(check_rows),
+                        train_dataset=pair_dataset(train_rows, profile.system_prompt),
+                        eval_dataset=pair_dataset(check_rows, profile.system_prompt),
                         processing_class=tokenizer, peft_config=rm_lora_config(profile))
 args = trainer.args
 print({k: getattr(args, k) for k in ["max_steps", "per_device_train_batch_size", "learning_rate",
@@ -224,9 +219,8 @@ fresh = pd.DataFrame({
     "id": [r["id"] for r in repeated], "level": [r["level"] for r in repeated],
     "question": [r["question"] for r in repeated], "gold": [r["answer"] for r in repeated],
     "completion": samples, "correct": correct,
-    "rm_score": score(
-        rm, tokenizer, [prompt_messages(r, profile.system_prompt) + [{"role": "assistant", "content": c}]
-                        for r, c in zip(repeated, samples)], batch_size=profile.eval_batch_size),
+    "rm_score": score_responses(rm, tokenizer, repeated, samples, profile.system_prompt,
+                                batch_size=profile.eval_batch_size),
 })
 agreement, n_pairs = oracle_agreement(fresh["rm_score"].tolist(), correct, fresh["id"].tolist())
 print(f"{len(fresh)} samples, oracle accuracy {fresh['correct'].mean():.3f}")

@@ -75,18 +75,20 @@ from trl import DPOTrainer
 from labkit import metrics
 from labkit.algorithms import dpo_loss, masked_sum, response_logprobs
 from labkit.data import load_problems
-from labkit.dpo import dpo_config, preference_datasets, train_dpo
+from labkit.dpo import dpo_config, train_dpo
 from labkit.evaluate import evaluate_accuracy
 from labkit.hardware import detect
 from labkit.models import load_model, load_tokenizer, lora_config
 from labkit.plotting import plot_bars, plot_metrics
+from labkit.preferences import load_preferences, pair_dataset
 from labkit.preflight import preflight
 from labkit.stages import get_stage, model_path
 
 estimate = preflight(profile, detect(), lab="dpo")   # refuses a config that will not fit, on a GPU
 print(f"estimated peak memory for this run: {estimate.total_bytes / 2**30:.2f} GiB")
 sft_dir = model_path(get_stage("sft", profile))
-train_ds, heldout_ds, heldout_rows = preference_datasets(profile)
+train_ds = pair_dataset(load_preferences(profile.pref_dataset, "train"), profile.system_prompt)
+heldout_ds = pair_dataset(load_preferences(profile.pref_dataset, "heldout"), profile.system_prompt)
 check_ds = heldout_ds.select(range(8))      # one small batch for the hand calculation
 print(f"{len(train_ds)} training pairs, {len(heldout_ds)} held-out pairs")
 
@@ -130,12 +132,18 @@ batch = trainer.data_collator([trainer.eval_dataset[i] for i in range(len(check_
 B = len(check_ds)
 model = trainer.model
 model.eval()
-with torch.no_grad():
-    logp = masked_sum(response_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"]),
-                      batch["completion_mask"], dim=1)
-    with model.disable_adapter():                      # the reference = SFT model, adapter off
-        ref_logp = masked_sum(response_logprobs(model, batch["input_ids"], batch["attention_mask"],
-                                                batch["completion_mask"]), batch["completion_mask"], dim=1)
+
+
+@torch.no_grad()
+def sequence_logps(model, batch) -> torch.Tensor:
+    """log pi(y | x) of every row: the sum of its completion tokens' log-probs."""
+    token_logps = response_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
+    return masked_sum(token_logps, batch["completion_mask"], dim=1)
+
+
+logp = sequence_logps(model, batch)
+with model.disable_adapter():                      # the reference = SFT model, adapter off
+    ref_logp = sequence_logps(model, batch)
 h_w, h_l = logp[:B] - ref_logp[:B], logp[B:] - ref_logp[B:]
 beta = args.beta
 loss_by_hand = -torch.nn.functional.logsigmoid(beta * (h_w - h_l)).mean()
@@ -236,9 +244,8 @@ def reference_logps(run, dataset, pairs_per_batch: int = 100) -> tuple[float, fl
     for start in range(0, len(dataset), pairs_per_batch):
         part = run.data_collator([dataset[i] for i in range(start, min(start + pairs_per_batch, len(dataset)))])
         n = len(part["input_ids"]) // 2
-        with torch.no_grad(), run.model.disable_adapter():
-            lp = masked_sum(response_logprobs(run.model, part["input_ids"], part["attention_mask"],
-                                              part["completion_mask"]), part["completion_mask"], dim=1)
+        with run.model.disable_adapter():
+            lp = sequence_logps(run.model, part)
         chosen += lp[:n].tolist()
         rejected += lp[n:].tolist()
     return float(np.mean(chosen)), float(np.mean(rejected))
@@ -246,10 +253,10 @@ def reference_logps(run, dataset, pairs_per_batch: int = 100) -> tuple[float, fl
 
 ref_chosen, ref_rejected = reference_logps(trainer, trainer.eval_dataset)
 print(f"SFT (reference) on held-out pairs: chosen logp {ref_chosen:.2f}, rejected logp {ref_rejected:.2f}")
-for row in results.itertuples():
-    direction = "rose" if row._5 > ref_chosen else "fell"
-    print(f"{row.variant:<16} chosen logp {direction} ({ref_chosen:.2f} -> {row._5:.2f}), "
-          f"rejected logp {ref_rejected:.2f} -> {row._6:.2f}")
+for variant, chosen, rejected in results[["variant", "chosen logp", "rejected logp"]].itertuples(index=False):
+    direction = "rose" if chosen > ref_chosen else "fell"
+    print(f"{variant:<16} chosen logp {direction} ({ref_chosen:.2f} -> {chosen:.2f}), "
+          f"rejected logp {ref_rejected:.2f} -> {rejected:.2f}")
 
 # %% [markdown]
 # **读结果。** 以下每一点都对应上面本次运行打印的数字：

@@ -39,7 +39,7 @@ def tiny_rm(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny_lm")
     tiny.build_model(tok, seed=0).save_pretrained(folder)
     tok.save_pretrained(folder)
-    model = load_reward_model(folder, get_profile("cpu"))
+    model = load_reward_model(folder, get_profile("cpu"), tok)
     return model, tok
 
 

@@ -17,7 +17,7 @@ from peft import PeftModel, get_peft_model
 from transformers import BitsAndBytesConfig, Qwen3ForCausalLM
 
 import labkit.data
-from labkit import evaluate, models, profiles, sft, stages, tiny
+from labkit import evaluate, models, profiles, sft, stages, tiny, trainer_args
 from labkit.data import load_split, sft_messages
 from labkit.evaluate import EvalResult, evaluate_accuracy
 from labkit.profiles import PROFILES, get_profile
@@ -279,7 +279,7 @@ def test_sft_config_cpu(tmp_path):
     ("80gb", {"use_cpu": False, "bf16": True, "fp16": False}),
 ])
 def test_precision_args(name, precision):
-    assert sft.precision_args(PROFILES[name]) == precision
+    assert trainer_args.precision_args(PROFILES[name]) == precision
 
 
 def test_sft_config_t4(tmp_path):
@@ -568,3 +568,20 @@ def test_reset_chat_embeddings_gives_trained_norms_to_the_chat_tokens():
     expected = before[others].norm(dim=1).mean()
     assert torch.allclose(weight[ids].norm(dim=1), expected.expand(len(ids)), rtol=1e-5)
     assert model.get_output_embeddings().weight.data_ptr() == weight.data_ptr()   # still tied
+
+
+def test_rm_stage_builds_on_the_sft_stage(world, monkeypatch):
+    """The rm builder end to end on tiny settings: trains, saves, and reloads as a reward model."""
+    from labkit import preferences, reward_model
+
+    monkeypatch.setattr(profiles, "LAB_OVERRIDES",
+                        {**TINY_SFT, "rm": {"cpu": {"lora_rank": 0, "max_steps": 3, "batch_size": 4}}})
+    monkeypatch.setattr(preferences, "HELDOUT_PAIRS", 5)
+    path = stages.get_stage("rm", world.profile)
+    assert [name for name, _ in world.builds][-1] == "rm"
+    assert stages.get_stage("sft", world.profile) == world.sft      # built on the cached SFT stage
+    info = stages.stage_info("rm", world.profile)
+    assert 0.0 <= info["heldout_pair_acc"] <= 1.0 and sum(1 for e in info["log_history"] if "loss" in e) >= 1
+    tokenizer = models.load_tokenizer(path, padding_side="right")
+    rm = reward_model.load_reward_model(path, world.profile, tokenizer)
+    assert rm.config.num_labels == 1 and rm.config.pad_token_id == tokenizer.pad_token_id
