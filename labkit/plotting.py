@@ -65,10 +65,14 @@ METRIC_ALIASES: dict[str, str] = {
 
 # Y-axis label for a raw key (without "eval_"), first matching pattern wins.
 _YLABEL_RULES: list[tuple[str, str]] = [
-    ("loss", "损失 loss (nats)"),
+    ("*value_loss", "价值损失 value loss (reward²)"),
+    ("*loss", "损失 loss (nats)"),
     ("kl", "KL 散度 (nats)"),
+    ("approx_kl", "KL 散度 (nats)"),
     ("entropy", "熵 entropy (nats)"),
     ("completions/*length", "长度 (tokens)"),
+    ("response_length", "长度 (tokens)"),
+    ("score", "奖励模型分数 RM score"),
     ("num_tokens", "tokens"),
     ("reward_std", "奖励标准差 reward std"),
     ("rewards/accuracies", "准确率 accuracy"),
@@ -77,6 +81,9 @@ _YLABEL_RULES: list[tuple[str, str]] = [
     ("*reward*", "奖励 reward"),
     ("*margin*", "奖励差 margin"),
     ("*ratio*", "比例 fraction"),
+    ("*frac*", "比例 fraction"),
+    ("format", "比例 fraction"),
+    ("value_mean", "价值 value (reward)"),
     ("learning_rate", "学习率 learning rate"),
     ("grad_norm", "梯度范数 grad norm"),
 ]

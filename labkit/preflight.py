@@ -26,23 +26,35 @@ def model_spec(profile: Profile) -> ModelSpec:
 
 # Labs whose every example is a (chosen, rejected) pair: each step runs 2 x batch sequences.
 PAIRWISE_LABS = ("rm", "dpo")
+# Labs that generate their training data: PPO (one response per prompt, plus a reward model)
+# and GRPO (num_generations responses per prompt, rule rewards).
+RL_LABS = ("ppo", "grpo")
 
 
 def train_plan(profile: Profile, lab: str = "sft") -> TrainPlan:
     """The memory plan of training `lab` with `profile` (LoRA, batch, sequence, precision).
 
     lora_rank 0 means full fine-tuning. Reward-model and DPO batches hold pairs, so they count
-    twice the sequences; DPO without LoRA also keeps a frozen reference copy of the model
-    (with LoRA the reference is the same weights with the adapter switched off).
+    twice the sequences. DPO, PPO and GRPO without LoRA also keep a frozen reference copy of the
+    model (with LoRA the reference is the same weights with the adapter switched off). PPO adds
+    a reward model of the policy's size; its value function is a head on the policy
+    (labkit.ppo), so `value_model` stays False here.
     """
+    common = dict(model=model_spec(profile), weight_dtype=profile.dtype, quant=profile.quant,
+                  lora_rank=profile.lora_rank or None, lora_target_modules=tuple(profile.lora_targets),
+                  gradient_accumulation_steps=profile.grad_accum,
+                  gradient_checkpointing=profile.gradient_checkpointing)
+    if lab in RL_LABS:
+        ppo = lab == "ppo"
+        return TrainPlan(**common, batch_size=profile.batch_size, ref_model=not profile.lora_rank,
+                         reward_model=model_spec(profile) if ppo else None,
+                         num_generations=1 if ppo else profile.num_generations,
+                         max_prompt_len=profile.max_length - profile.max_new_tokens,
+                         max_completion_len=profile.max_new_tokens,
+                         generation_batch_size=profile.rollout_batch_size if ppo else None)
     pairs = 2 if lab in PAIRWISE_LABS else 1
-    return TrainPlan(
-        model=model_spec(profile), weight_dtype=profile.dtype, quant=profile.quant,
-        lora_rank=profile.lora_rank or None, lora_target_modules=tuple(profile.lora_targets),
-        batch_size=profile.batch_size * pairs, gradient_accumulation_steps=profile.grad_accum,
-        seq_len=profile.max_length, gradient_checkpointing=profile.gradient_checkpointing,
-        ref_model=lab == "dpo" and not profile.lora_rank,
-    )
+    return TrainPlan(**common, batch_size=profile.batch_size * pairs, seq_len=profile.max_length,
+                     ref_model=lab == "dpo" and not profile.lora_rank)
 
 
 def preflight(profile: Profile, hardware: Hardware, lab: str = "sft",

@@ -43,6 +43,7 @@ class Profile:
     max_length: int = 512            # prompt + response tokens for training
     max_new_tokens: int = 256        # generation budget at evaluation / rollout time
     num_generations: int = 8         # G completions per prompt in RL labs
+    rollout_batch_size: int = 64     # prompts sampled per RL step (PPO: one response each)
     eval_limit: int = 200            # held-out problems evaluated
     eval_batch_size: int = 32
     gradient_checkpointing: bool = False
@@ -98,6 +99,11 @@ LAB_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
     # The tiny reward model is fully fine-tuned: it must learn to compare numbers, which
     # LoRA on a 128-wide model learns far more slowly. GPU profiles keep LoRA.
     "rm": {"cpu": {"lora_rank": 0, "batch_size": 16, "max_steps": 400, "learning_rate": 1.5e-3}},
+    # PPO (labkit.ppo): max_steps = PPO steps, batch_size x grad_accum = minibatch.
+    "ppo": {"cpu": {"batch_size": 16, "max_steps": 36, "learning_rate": 5e-4, "rollout_batch_size": 64},
+            "t4": {"learning_rate": 2e-5, "rollout_batch_size": 16},
+            "24gb": {"learning_rate": 2e-5, "rollout_batch_size": 32},
+            "80gb": {"learning_rate": 2e-5, "rollout_batch_size": 64}},
     "dpo": {"cpu": {"batch_size": 16, "max_steps": 40, "learning_rate": 2e-3},
             "t4": {"batch_size": 2, "grad_accum": 8, "learning_rate": 5e-5},
             "24gb": {"batch_size": 2, "grad_accum": 8, "learning_rate": 5e-5},

@@ -111,8 +111,14 @@ def allowed_keywords() -> dict[str, tuple[frozenset[str], dict[str, str]]]:
     add("get_peft_model", _params(peft.get_peft_model))
     add("PeftModel.from_pretrained",
         _params(peft.PeftModel.from_pretrained) | _params(peft.PeftModel.load_adapter) | PEFT_LOADER_KWARGS)
+    add("load_adapter", _params(peft.PeftModel.load_adapter))
     add("BitsAndBytesConfig", _params(transformers.BitsAndBytesConfig))
-    add("GenerationConfig", {k for k in transformers.GenerationConfig().to_dict() if not k.startswith("_")})
+    generation_keys = {k for k in transformers.GenerationConfig().to_dict() if not k.startswith("_")}
+    add("GenerationConfig", generation_keys)
+    # `<model>.generate(...)`: generation options are GenerationConfig fields (labkit's loops name
+    # the model `model` or `policy`; model inputs come in as a **splat, which is not checked).
+    for owner in ("model", "policy"):
+        add(f"{owner}.generate", generation_keys | _params(transformers.GenerationMixin.generate))
     config_kwargs = _params(PreTrainedConfig) | MODEL_CONFIG_KWARGS
     add("Qwen3Config", _params(transformers.Qwen3Config) | config_kwargs)
     # Leftover loader kwargs become config attributes: the common ones, and Qwen3's (the course's architecture).

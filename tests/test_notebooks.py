@@ -23,7 +23,8 @@ c. Exercises (see labkit/exercises.py). There is at least one exercise. Each is 
    the solution after the marker left in the copy.
 d. Execution (marked `notebook`, slow: minutes). Each notebook runs through the course runner
    on PROFILE "cpu" into a temp dir, must succeed, and must record the headline metrics in
-   EXPECTED_METRICS with at least the values in MIN_VALUES (other notebooks: status ok only).
+   EXPECTED_METRICS with at least the values in MIN_VALUES and the orderings in MUST_EXCEED
+   (other notebooks: status ok only).
    Fast suite: `pytest -m "not notebook"`.
 """
 
@@ -54,11 +55,17 @@ EXPECTED_METRICS: dict[str, list[str]] = {
     "02_reward_model": ["rm_heldout_pair_acc", "rm_oracle_agreement"],
     "03_dpo": ["dpo_heldout_pref_acc", "dpo_margin_start", "dpo_margin_end", "heldout_acc_sft",
                "heldout_acc_dpo"],
+    "04_ppo": ["rm_score_start", "rm_score_end", "kl_end", "heldout_acc_before", "heldout_acc_after"],
 }
 MIN_VALUES: dict[str, dict[str, float]] = {
     "01_sft": {"heldout_acc_after": 0.8, "format_rate_after": 0.9},
     "02_reward_model": {"rm_heldout_pair_acc": 0.9},
     "03_dpo": {"dpo_heldout_pref_acc": 0.8},
+    "04_ppo": {"kl_end": 0.05},
+}
+# Metric pairs (larger, smaller): on "cpu" the first must exceed the second.
+MUST_EXCEED: dict[str, list[tuple[str, str]]] = {
+    "04_ppo": [("rm_score_end", "rm_score_start")],
 }
 
 
@@ -248,4 +255,7 @@ def test_notebook_runs_on_cpu(script, tmp_path):
     assert not missing, f"{script.stem} did not record {missing}; recorded {record['metrics']}"
     for name, minimum in MIN_VALUES.get(script.stem, {}).items():
         assert record["metrics"][name] >= minimum, f"{script.stem}: {name}={record['metrics'][name]} < {minimum}"
+    for larger, smaller in MUST_EXCEED.get(script.stem, []):
+        got = record["metrics"]
+        assert got[larger] > got[smaller], f"{script.stem}: {larger}={got[larger]} <= {smaller}={got[smaller]}"
     assert progress.getvalue().startswith(f"[1/1] {script.stem} ")

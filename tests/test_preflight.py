@@ -139,3 +139,20 @@ def test_pairwise_labs_count_chosen_and_rejected_sequences():
     plan = train_plan(full, "dpo")
     assert plan.lora_rank is None and plan.ref_model        # full fine-tuning keeps a frozen copy
     assert train_plan(get_profile("cpu", lab="rm"), "rm").lora_rank is None
+
+
+@pytest.mark.parametrize("name", sorted(PROFILES))
+def test_rl_plans_ppo_holds_a_reward_model_grpo_generates_groups(name):
+    ppo_profile, grpo_profile = get_profile(name, lab="ppo"), get_profile(name, lab="grpo")
+    ppo, grpo = train_plan(ppo_profile, "ppo"), train_plan(grpo_profile, "grpo")
+    assert ppo.num_generations == 1 and ppo.gen_batch_size == ppo_profile.rollout_batch_size
+    assert ppo.reward_model == ppo.model and grpo.reward_model is None
+    assert grpo.num_generations == grpo_profile.num_generations
+    for plan, profile in ((ppo, ppo_profile), (grpo, grpo_profile)):
+        assert plan.train_seq_len == profile.max_length
+        assert plan.max_completion_len == profile.max_new_tokens
+        assert plan.ref_model == (profile.lora_rank == 0)
+    assert not ppo.value_model  # labkit.ppo: a value head on the policy, not a second model
+    with_value_model = estimate_memory(dataclasses.replace(ppo, value_model=True))
+    assert with_value_model.total_bytes > estimate_memory(ppo).total_bytes
+    assert estimate_memory(ppo).breakdown["reward_model"] > 0 == estimate_memory(grpo).breakdown["reward_model"]
