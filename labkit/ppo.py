@@ -24,10 +24,10 @@ a frozen second copy of that adapter named "ref".
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, fields
 from pathlib import Path
-from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -288,6 +288,7 @@ class Rollout:
 
 
 def chunks(n: int, size: int) -> list[slice]:
+    """Slices that cut range(n) into consecutive pieces of at most `size`."""
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 

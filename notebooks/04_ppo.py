@@ -72,7 +72,6 @@ profile = setup(PROFILE, lab="ppo", seed=SEED, max_steps=MAX_STEPS, learning_rat
 # 标准化（Ziegler et al. 2019 的做法），没写完（没有 EOS）的回答再扣 `missing_eos_penalty`。
 
 # %%
-import copy
 from dataclasses import replace
 
 import numpy as np
