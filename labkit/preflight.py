@@ -38,7 +38,8 @@ def train_plan(profile: Profile, lab: str = "sft") -> TrainPlan:
     twice the sequences. DPO, PPO and GRPO without LoRA also keep a frozen reference copy of the
     model (with LoRA the reference is the same weights with the adapter switched off). PPO adds
     a reward model of the policy's size; its value function is a head on the policy
-    (labkit.ppo), so `value_model` stays False here.
+    (labkit.ppo), so `value_model` stays False here, and labkit.ppo does not use activation
+    checkpointing, so the PPO plan counts full activations whatever the profile says.
     """
     common = dict(model=model_spec(profile), weight_dtype=profile.dtype, quant=profile.quant,
                   lora_rank=profile.lora_rank or None, lora_target_modules=tuple(profile.lora_targets),
@@ -46,6 +47,8 @@ def train_plan(profile: Profile, lab: str = "sft") -> TrainPlan:
                   gradient_checkpointing=profile.gradient_checkpointing)
     if lab in RL_LABS:
         ppo = lab == "ppo"
+        if ppo:
+            common["gradient_checkpointing"] = False
         return TrainPlan(**common, batch_size=profile.batch_size, ref_model=not profile.lora_rank,
                          reward_model=model_spec(profile) if ppo else None,
                          num_generations=1 if ppo else profile.num_generations,

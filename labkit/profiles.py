@@ -99,11 +99,12 @@ LAB_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
     # The tiny reward model is fully fine-tuned: it must learn to compare numbers, which
     # LoRA on a 128-wide model learns far more slowly. GPU profiles keep LoRA.
     "rm": {"cpu": {"lora_rank": 0, "batch_size": 16, "max_steps": 400, "learning_rate": 1.5e-3}},
-    # PPO (labkit.ppo): max_steps = PPO steps, batch_size x grad_accum = minibatch.
+    # PPO (labkit.ppo): max_steps = PPO steps, batch_size x grad_accum = minibatch. labkit.ppo keeps
+    # all activations (no checkpointing), so the GPU micro-batches are smaller than for SFT.
     "ppo": {"cpu": {"batch_size": 16, "max_steps": 36, "learning_rate": 5e-4, "rollout_batch_size": 64},
             "t4": {"learning_rate": 2e-5, "rollout_batch_size": 16},
-            "24gb": {"learning_rate": 2e-5, "rollout_batch_size": 32},
-            "80gb": {"learning_rate": 2e-5, "rollout_batch_size": 64}},
+            "24gb": {"learning_rate": 2e-5, "rollout_batch_size": 32, "batch_size": 2, "grad_accum": 8},
+            "80gb": {"learning_rate": 2e-5, "rollout_batch_size": 64, "batch_size": 4, "grad_accum": 4}},
     "dpo": {"cpu": {"batch_size": 16, "max_steps": 40, "learning_rate": 2e-3},
             "t4": {"batch_size": 2, "grad_accum": 8, "learning_rate": 5e-5},
             "24gb": {"batch_size": 2, "grad_accum": 8, "learning_rate": 5e-5},

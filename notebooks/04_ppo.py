@@ -120,8 +120,9 @@ memory = pd.concat({profile.name: memory_table(profile), "24gb": memory_table(ge
 memory
 
 # %% [markdown]
-# 读表：奖励模型和价值模型是 PPO 相比 GRPO 多出的两大块；价值模型若单独存放，要带上自己的梯度和优化器状态。
-# GRPO 每题生成 G 个回答，所以它的 KV 缓存/激活更大——这是它用来换掉价值模型的代价。
+# 读表：奖励模型和价值模型是 PPO 相比 GRPO 多出的两大块；价值模型若单独存放，要带上自己的权重、梯度、优化器状态和激活。
+# 激活与 KV 缓存则取决于批大小、生成批大小和是否开启激活检查点：`labkit.ppo` 不开检查点（所以 GPU 配置下它的 micro-batch
+# 更小），GRPO 沿用配置里的检查点，每题采 G 个回答。具体大小以表中数字为准。
 
 # %% [markdown]
 # ## 第二步：准备策略、参考和奖励模型

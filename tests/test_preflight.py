@@ -149,10 +149,14 @@ def test_rl_plans_ppo_holds_a_reward_model_grpo_generates_groups(name):
     assert ppo.reward_model == ppo.model and grpo.reward_model is None
     assert grpo.num_generations == grpo_profile.num_generations
     for plan, profile in ((ppo, ppo_profile), (grpo, grpo_profile)):
+        if profile.device == "cuda":  # the lab's defaults fit the smallest GPU the profile is for
+            assert estimate_memory(plan).fits(int(profile.min_vram_gb * GiB))
         assert plan.train_seq_len == profile.max_length
         assert plan.max_completion_len == profile.max_new_tokens
         assert plan.ref_model == (profile.lora_rank == 0)
     assert not ppo.value_model  # labkit.ppo: a value head on the policy, not a second model
+    assert not ppo.gradient_checkpointing  # labkit.ppo keeps every activation
+    assert grpo.gradient_checkpointing == grpo_profile.gradient_checkpointing
     with_value_model = estimate_memory(dataclasses.replace(ppo, value_model=True))
     assert with_value_model.total_bytes > estimate_memory(ppo).total_bytes
     assert estimate_memory(ppo).breakdown["reward_model"] > 0 == estimate_memory(grpo).breakdown["reward_model"]
