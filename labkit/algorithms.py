@@ -160,6 +160,17 @@ def shift_for_causal_lm(logits: torch.Tensor, input_ids: torch.Tensor) -> tuple[
     return logits[:, :-1], input_ids[:, 1:]
 
 
+def aligned_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """log p(input_ids[b, t] | input_ids[b, :t]) at every position t, from a causal LM's logits.
+
+    logits: [B, T, V], input_ids: [B, T] -> [B, T]. logits[:, t-1] predicts token t (the one-token
+    shift), so the shifted [B, T-1] log-probs are written back at positions 1..T-1 and position 0,
+    which nothing predicts, gets 0.
+    """
+    shifted_logits, targets = shift_for_causal_lm(logits, input_ids)
+    return F.pad(token_logprobs(shifted_logits, targets), (1, 0), value=0.0)
+
+
 def response_logprobs(
     model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor
 ) -> torch.Tensor:
@@ -167,8 +178,7 @@ def response_logprobs(
 
     input_ids, attention_mask, response_mask: [B, T] (prompt then response, right-padded)
     -> [B, T] with out[b, t] = log p(input_ids[b, t] | input_ids[b, :t]) where response_mask is 1,
-    and 0 elsewhere. Internally: logits[:, t-1] predicts token t (the one-token shift), so the
-    shifted [B, T-1] log-probs are written back at positions 1..T-1 and position 0 gets 0.
+    and 0 elsewhere (see `aligned_logprobs` for the one-token shift).
     Hence sum_t out[b, t] = log pi(response_b | prompt_b), i.e. `masked_sum(out, response_mask, 1)`.
     Use right padding: HF models number positions 0, 1, ... from the left edge of the row.
     """
@@ -181,9 +191,7 @@ def response_logprobs(
     if bool((response_mask.bool() & ~attention_mask.bool()).any()):
         raise AlgorithmInputError("response_mask is 1 on a padding token (attention_mask 0); fix the masks.")
     logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
-    shifted_logits, targets = shift_for_causal_lm(logits, input_ids)
-    logps = token_logprobs(shifted_logits, targets)  # [B, T-1]; logps[:, t-1] scores token t
-    logps = F.pad(logps, (1, 0), value=0.0)  # back to [B, T], aligned with input_ids
+    logps = aligned_logprobs(logits, input_ids)
     return torch.where(response_mask.bool(), logps, torch.zeros_like(logps))
 
 

@@ -13,23 +13,34 @@ from labkit.rewards import accuracy_reward, format_reward
 
 
 @torch.no_grad()
+def generate_batch(model, tokenizer, prompts: list[str], *, max_new_tokens: int, do_sample: bool = False,
+                   temperature: float = 1.0, eos_token_id: int | None = None) -> tuple[dict, torch.Tensor]:
+    """One generate call on already-formatted prompts: (the left-padded prompt batch, the new tokens).
+
+    Sampling is plain temperature sampling over the whole vocabulary (top_k=0, top_p=1), whatever
+    a hub model's generation_config suggests; greedy decoding otherwise.
+    """
+    model.eval()
+    tokenizer.padding_side = "left"
+    sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if do_sample else \
+        dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+    batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    out = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                         eos_token_id=eos_token_id if eos_token_id is not None else tokenizer.eos_token_id,
+                         **sampling)
+    return batch, out[:, batch["input_ids"].shape[1]:]
+
+
 def generate_texts(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch_size: int,
                    do_sample: bool = False, temperature: float = 1.0, eos_token_id: int | None = None,
                    desc: str = "generate") -> list[str]:
-    """One completion per already-formatted prompt string, in order (left padding, batched)."""
-    model.eval()
-    tokenizer.padding_side = "left"
-    sampling = dict(do_sample=True, temperature=temperature, top_k=0) if do_sample else \
-        dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+    """One completion per already-formatted prompt string, in order (batches of `batch_size`)."""
     outputs: list[str] = []
     for start in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False):
-        batch = tokenizer(prompts[start:start + batch_size], return_tensors="pt", padding=True,
-                          add_special_tokens=False).to(model.device)
-        out = model.generate(**batch, max_new_tokens=max_new_tokens,
-                             pad_token_id=tokenizer.pad_token_id,
-                             eos_token_id=eos_token_id if eos_token_id is not None else tokenizer.eos_token_id,
-                             **sampling)
-        outputs += tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+        _, new_tokens = generate_batch(model, tokenizer, prompts[start:start + batch_size],
+                                       max_new_tokens=max_new_tokens, do_sample=do_sample,
+                                       temperature=temperature, eos_token_id=eos_token_id)
+        outputs += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
     return outputs
 
 

@@ -34,9 +34,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import trange
 
-from labkit.algorithms import (gae, kl_k1, masked_mean, masked_sum, masked_whiten, pad_right,
-                               policy_gradient_loss, shift_for_causal_lm, token_entropy, token_logprobs)
+from labkit.algorithms import (aligned_logprobs, gae, kl_k1, masked_mean, masked_sum, masked_whiten,
+                               pad_right, policy_gradient_loss, token_entropy)
 from labkit.data import prompt_messages
+from labkit.evaluate import generate_batch
 from labkit.profiles import Profile
 from labkit.rewards import accuracy_reward, format_reward
 
@@ -198,13 +199,13 @@ class PolicyWithValue(nn.Module):
         """(logprobs, values, entropy) of every token; entropy ([B, T] nats, no gradient) only
         when `with_entropy`, else None."""
         out = self.policy(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
-        logits, targets = shift_for_causal_lm(out.logits / self.temperature, input_ids)
-        logprobs = F.pad(token_logprobs(logits, targets), (1, 0))
+        logits = out.logits / self.temperature
+        logprobs = aligned_logprobs(logits, input_ids)
         values = F.pad(self.value_head(out.hidden_states[-1][:, :-1].float()).squeeze(-1), (1, 0))
         entropy = None
         if with_entropy:
             with torch.no_grad():
-                entropy = F.pad(token_entropy(logits), (1, 0))
+                entropy = F.pad(token_entropy(logits[:, :-1]), (1, 0))
         return logprobs, values, entropy
 
     @torch.no_grad()
@@ -213,8 +214,7 @@ class PolicyWithValue(nn.Module):
         model, context = self.reference()
         with context:
             logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
-        logits, targets = shift_for_causal_lm(logits / self.temperature, input_ids)
-        return F.pad(token_logprobs(logits, targets), (1, 0))
+        return aligned_logprobs(logits / self.temperature, input_ids)
 
     def reference(self) -> tuple[nn.Module, object]:
         """(model, context manager) that computes the reference policy."""
@@ -300,12 +300,13 @@ class PPOTrainer:
         self.model, self.tokenizer, self.score_fn, self.config = model, tokenizer, score_fn, config
         self.system_prompt = system_prompt
         self.kl_ctl = KLController(config.kl_coef, config.kl_target, config.kl_horizon)
-        params = [p for p in model.parameters() if p.requires_grad]
-        if not params:
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        if not self.params:
             raise PPOConfigError("the model has no trainable parameters")
-        self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate)
-        self.score_mean, self.score_std = 0.0, 1.0
-        self.scores_normalized = False
+        self.optimizer = torch.optim.AdamW(self.params, lr=config.learning_rate)
+        # Score normalization: set from the first rollout (None until then), or the identity.
+        self.score_mean: float | None = None if config.normalize_scores else 0.0
+        self.score_std: float | None = None if config.normalize_scores else 1.0
         self.generator = torch.Generator().manual_seed(config.seed)
         self.history: list[dict] = []
 
@@ -318,15 +319,10 @@ class PPOTrainer:
         tok, policy, cfg = self.tokenizer, self.model.policy, self.config
         prompts = [tok.apply_chat_template(prompt_messages(r, self.system_prompt), tokenize=False,
                                            add_generation_prompt=True) for r in rows]
-        tok.padding_side = "left"
-        policy.eval()
-        batch = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(policy.device)
-        out = policy.generate(**batch, max_new_tokens=cfg.response_length, do_sample=True,
-                              temperature=cfg.temperature, top_k=0, top_p=1.0,
-                              pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        batch, new_tokens = generate_batch(policy, tok, prompts, max_new_tokens=cfg.response_length,
+                                           do_sample=True, temperature=cfg.temperature)
         examples, texts, ended = [], [], []
-        width = batch["input_ids"].shape[1]
-        for prompt_ids, prompt_mask, new in zip(batch["input_ids"], batch["attention_mask"], out[:, width:]):
+        for prompt_ids, prompt_mask, new in zip(batch["input_ids"], batch["attention_mask"], new_tokens):
             prompt = prompt_ids[prompt_mask.bool()].tolist()  # drop the left padding
             response = new.tolist()
             stop = response.index(tok.eos_token_id) + 1 if tok.eos_token_id in response else None
@@ -355,9 +351,8 @@ class PPOTrainer:
         mask = batch["response_mask"]
 
         raw = torch.tensor(self.score_fn(rows, texts), dtype=torch.float32, device=mask.device)
-        if cfg.normalize_scores and not self.scores_normalized:
+        if self.score_mean is None:
             self.score_mean, self.score_std = float(raw.mean()), float(raw.std().clamp(min=1e-6))
-            self.scores_normalized = True
         scores = (raw - self.score_mean) / self.score_std
         if cfg.missing_eos_penalty is not None:
             scores = scores - cfg.missing_eos_penalty * (~torch.tensor(ended, device=mask.device)).float()
@@ -399,8 +394,7 @@ class PPOTrainer:
                     (loss * len(idx) / len(mb_idx)).backward()
                     for key, value in stats.items():
                         collected.setdefault(key, []).append(value)
-                nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
-                                         cfg.max_grad_norm)
+                nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
                 self.optimizer.step()
         return {key: sum(v) / len(v) for key, v in collected.items()}
 

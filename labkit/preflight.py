@@ -43,13 +43,11 @@ def train_plan(profile: Profile, lab: str = "sft") -> TrainPlan:
     """
     common = dict(model=model_spec(profile), weight_dtype=profile.dtype, quant=profile.quant,
                   lora_rank=profile.lora_rank or None, lora_target_modules=tuple(profile.lora_targets),
-                  gradient_accumulation_steps=profile.grad_accum,
-                  gradient_checkpointing=profile.gradient_checkpointing)
+                  gradient_accumulation_steps=profile.grad_accum)
     if lab in RL_LABS:
         ppo = lab == "ppo"
-        if ppo:
-            common["gradient_checkpointing"] = False
         return TrainPlan(**common, batch_size=profile.batch_size, ref_model=not profile.lora_rank,
+                         gradient_checkpointing=profile.gradient_checkpointing and not ppo,
                          reward_model=model_spec(profile) if ppo else None,
                          num_generations=1 if ppo else profile.num_generations,
                          max_prompt_len=profile.max_length - profile.max_new_tokens,
@@ -57,6 +55,7 @@ def train_plan(profile: Profile, lab: str = "sft") -> TrainPlan:
                          generation_batch_size=profile.rollout_batch_size if ppo else None)
     pairs = 2 if lab in PAIRWISE_LABS else 1
     return TrainPlan(**common, batch_size=profile.batch_size * pairs, seq_len=profile.max_length,
+                     gradient_checkpointing=profile.gradient_checkpointing,
                      ref_model=lab == "dpo" and not profile.lora_rank)
 
 
