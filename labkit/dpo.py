@@ -37,19 +37,14 @@ def train_dpo(profile: Profile, model_path: str | Path, train_dataset, output_di
     from trl import DPOTrainer
 
     from labkit.hardware import detect
-    from labkit.models import load_model, load_tokenizer, lora_config
+    from labkit.models import adapter_to_train, load_model, load_tokenizer
     from labkit.preflight import preflight
 
     preflight(profile, detect(), lab="dpo")
     tokenizer = load_tokenizer(model_path, padding_side="right")
     model = load_model(model_path, profile)
-    peft_config = lora_config(profile)
-    if hasattr(model, "peft_config"):
-        # Quantized profiles: the SFT stage is an adapter on 4-bit weights. Keep training that
-        # adapter; TRL loads a frozen copy of it under the name "ref" as the reference.
-        for name, param in model.named_parameters():
-            param.requires_grad_("lora_" in name)
-        peft_config = None
+    # Quantized profiles keep training the SFT adapter; TRL loads a frozen copy of it as "ref".
+    peft_config = adapter_to_train(model, profile)
     args = dpo_config(profile, output_dir, beta=beta, loss_type=loss_type, max_steps=max_steps,
                       seed=seed)
     trainer = DPOTrainer(model=model, args=args, train_dataset=train_dataset,

@@ -64,12 +64,20 @@ class EvalResult:
     correct: list[float] = field(repr=False)
 
 
-def evaluate_accuracy(model, tokenizer, rows: list[dict], profile: Profile,
-                      desc: str = "eval") -> EvalResult:
-    """Greedy-decode every row's question and score it with the accuracy and format rewards."""
+def evaluate_accuracy(model, tokenizer, rows: list[dict], profile: Profile, desc: str = "eval", *,
+                      samples: int = 0) -> EvalResult:
+    """Score every row's question with the accuracy and format rewards.
+
+    samples=0: one greedy completion per question. samples=k >= 1: k completions per question,
+    sampled at temperature 1 (what an RL policy is trained on), so accuracy estimates pass@1;
+    completions and correct then hold the k samples of each question one after another.
+    """
+    if samples < 0:
+        raise ValueError(f"samples must be 0 (greedy) or a number of samples >= 1, got {samples}")
+    rows = [row for row in rows for _ in range(max(samples, 1))]
     conversations = [prompt_messages(r, profile.system_prompt) for r in rows]
     completions = generate(model, tokenizer, conversations, max_new_tokens=profile.max_new_tokens,
-                           batch_size=profile.eval_batch_size, desc=desc)
+                           batch_size=profile.eval_batch_size, do_sample=samples > 0, desc=desc)
     correct = accuracy_reward(completions, answer=[r["answer"] for r in rows])
     formatted = format_reward(completions)
     by_level: dict[int, list[float]] = {}

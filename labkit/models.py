@@ -82,3 +82,39 @@ def base_weights(path: str | Path) -> tuple[Path, bool]:
         raise FileNotFoundError(f"{pointer} is missing: the adapter's base model is unknown; "
                                 "rebuild the stage with labkit.stages.get_stage(..., rebuild=True)")
     return Path(pointer.read_text(encoding="utf-8").strip()), True
+
+
+def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: str | Path,
+               base_path: str | Path) -> PreTrainedModel:
+    """Save a trained model (and tokenizer) as a stage folder that `load_model` reads back;
+    returns the model as saved (merged when it was merged).
+
+    LoRA on full-precision weights is merged first. A LoRA adapter on 4-bit weights stays an
+    adapter, and base_model_path.txt records the full weights it sits on (`base_path`).
+    """
+    out = Path(out)
+    if hasattr(model, "merge_and_unload") and not _quantized(model):
+        model = model.merge_and_unload()
+    model.save_pretrained(out)
+    if (out / "adapter_config.json").exists():
+        (out / "base_model_path.txt").write_text(str(base_path), encoding="utf-8")
+    tokenizer.save_pretrained(out)
+    return model
+
+
+def _quantized(model: PreTrainedModel) -> bool:
+    return getattr(getattr(model, "config", None), "quantization_config", None) is not None
+
+
+def adapter_to_train(model: PreTrainedModel, profile: Profile) -> LoraConfig | None:
+    """The peft_config to hand a TRL trainer for `model`, loaded from a stage by `load_model`.
+
+    Quantized profiles: the stage is a LoRA adapter on 4-bit weights; keep training that
+    adapter (its LoRA weights become trainable) and return None. Otherwise a fresh LoRA (or
+    None for full fine-tuning), as `lora_config` says.
+    """
+    if not hasattr(model, "peft_config"):
+        return lora_config(profile)
+    for name, param in model.named_parameters():
+        param.requires_grad_("lora_" in name)
+    return None

@@ -28,7 +28,7 @@ def model_spec(profile: Profile) -> ModelSpec:
 PAIRWISE_LABS = ("rm", "dpo")
 # Labs that generate their training data: PPO (one response per prompt, plus a reward model)
 # and GRPO (num_generations responses per prompt, rule rewards).
-RL_LABS = ("ppo", "grpo")
+RL_LABS = ("ppo", "grpo", "grpo_compare")
 
 
 def train_plan(profile: Profile, lab: str = "sft") -> TrainPlan:
@@ -52,7 +52,7 @@ def train_plan(profile: Profile, lab: str = "sft") -> TrainPlan:
                          num_generations=1 if ppo else profile.num_generations,
                          max_prompt_len=profile.max_length - profile.max_new_tokens,
                          max_completion_len=profile.max_new_tokens,
-                         generation_batch_size=profile.rollout_batch_size if ppo else None)
+                         generation_batch_size=profile.rollout_batch_size * (1 if ppo else profile.num_generations))
     pairs = 2 if lab in PAIRWISE_LABS else 1
     return TrainPlan(**common, batch_size=profile.batch_size * pairs, seq_len=profile.max_length,
                      gradient_checkpointing=profile.gradient_checkpointing,

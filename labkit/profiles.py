@@ -105,6 +105,21 @@ LAB_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
             "t4": {"learning_rate": 2e-5, "rollout_batch_size": 16},
             "24gb": {"learning_rate": 2e-5, "rollout_batch_size": 32, "batch_size": 2, "grad_accum": 8},
             "80gb": {"learning_rate": 2e-5, "rollout_batch_size": 64, "batch_size": 4, "grad_accum": 4}},
+    # GRPO (labkit.grpo): max_steps = RL steps of rollout_batch_size prompts x num_generations;
+    # batch_size = completions per micro-step. The tiny policy is fully fine-tuned (on CPU LoRA
+    # learned too slowly from the RL signal), at a small learning rate: noisy RL gradients at
+    # 1e-3 and above made it collapse. GPU profiles: LoRA on the SFT model.
+    "grpo": {"cpu": {"lora_rank": 0, "batch_size": 128, "max_steps": 64, "learning_rate": 1e-4,
+                     "rollout_batch_size": 16},
+             "t4": {"learning_rate": 2e-5, "rollout_batch_size": 8, "max_steps": 150},
+             "24gb": {"learning_rate": 2e-5, "rollout_batch_size": 8, "max_steps": 200},
+             "80gb": {"learning_rate": 2e-5, "rollout_batch_size": 8, "max_steps": 300}},
+    # Lab 06 trains four variants on one budget: fewer steps each (CPU: 8 prompts x 8 per step).
+    "grpo_compare": {"cpu": {"lora_rank": 0, "batch_size": 64, "max_steps": 30, "learning_rate": 1e-4,
+                             "rollout_batch_size": 8},
+                     "t4": {"learning_rate": 2e-5, "rollout_batch_size": 8, "max_steps": 60},
+                     "24gb": {"learning_rate": 2e-5, "rollout_batch_size": 8, "max_steps": 80},
+                     "80gb": {"learning_rate": 2e-5, "rollout_batch_size": 8, "max_steps": 100}},
     "dpo": {"cpu": {"batch_size": 16, "max_steps": 40, "learning_rate": 2e-3},
             "t4": {"batch_size": 2, "grad_accum": 8, "learning_rate": 5e-5},
             "24gb": {"batch_size": 2, "grad_accum": 8, "learning_rate": 5e-5},

@@ -118,7 +118,7 @@ def train_reward_model(profile: Profile, sft_path: str | Path, out: Path, seed: 
     from trl import RewardTrainer
 
     from labkit.hardware import detect
-    from labkit.models import load_tokenizer
+    from labkit.models import load_tokenizer, save_model
     from labkit.preferences import load_preferences, pair_dataset
     from labkit.preflight import preflight
 
@@ -132,13 +132,7 @@ def train_reward_model(profile: Profile, sft_path: str | Path, out: Path, seed: 
                             train_dataset=train, processing_class=tokenizer,
                             peft_config=rm_lora_config(profile))
     trainer.train()
-    model = trainer.model
-    if profile.quant is None and hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
-    model.save_pretrained(out)
-    if (out / "adapter_config.json").exists():
-        (out / "base_model_path.txt").write_text(str(start), encoding="utf-8")
-    tokenizer.save_pretrained(out)
+    model = save_model(trainer.model, tokenizer, out, start)
     heldout = pair_accuracy(model, tokenizer, heldout_rows, profile.system_prompt,
                             batch_size=profile.eval_batch_size)
     return {"log_history": trainer.state.log_history, "heldout_pair_acc": heldout.accuracy,

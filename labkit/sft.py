@@ -35,7 +35,7 @@ def train_sft(profile: Profile, base_path: str | Path, out: Path, seed: int = 0)
     from trl import SFTTrainer
 
     from labkit.hardware import detect
-    from labkit.models import load_model, load_tokenizer, lora_config
+    from labkit.models import load_model, load_tokenizer, lora_config, save_model
     from labkit.preflight import preflight
 
     preflight(profile, detect(), lab="sft")  # refuses a config that won't fit, before loading
@@ -45,10 +45,5 @@ def train_sft(profile: Profile, base_path: str | Path, out: Path, seed: int = 0)
                          train_dataset=sft_dataset(profile), processing_class=tokenizer,
                          peft_config=lora_config(profile))
     trainer.train()
-    if profile.quant is None:
-        trainer.model.merge_and_unload().save_pretrained(out)
-    else:
-        trainer.model.save_pretrained(out)
-        (out / "base_model_path.txt").write_text(str(base_path), encoding="utf-8")
-    tokenizer.save_pretrained(out)
+    save_model(trainer.model, tokenizer, out, base_path)
     return {"log_history": trainer.state.log_history}

@@ -20,9 +20,9 @@ from labkit.profiles import Profile, get_profile
 from labkit.runtime import cache_dir
 
 # Bump a stage's version whenever its builder changes what it produces.
-VERSIONS = {"base": 2, "sft": 1, "rm": 1}
-DEPENDS = {"base": [], "sft": ["base"], "rm": ["sft"]}
-DATA_FILES = {"base": ["pretrain.jsonl"], "sft": ["sft.jsonl"], "rm": ["prefs.jsonl"]}
+VERSIONS = {"base": 2, "sft": 1, "rm": 1, "grpo": 1}
+DEPENDS = {"base": [], "sft": ["base"], "rm": ["sft"], "grpo": ["sft"]}
+DATA_FILES = {"base": ["pretrain.jsonl"], "sft": ["sft.jsonl"], "rm": ["prefs.jsonl"], "grpo": ["rl.jsonl"]}
 BASE_PRETRAIN_STEPS = 2000
 # The profile fields a training recipe reads (as the lab of the stage's name sets them).
 TRAINING_FIELDS = ("device", "model_id", "dtype", "quant", "system_prompt", "lora_rank",
@@ -33,6 +33,7 @@ KEY_FIELDS: dict[str, tuple[str, ...]] = {
     "base": ("model_id", "dtype", "quant"),
     "sft": TRAINING_FIELDS + ("dataset",),
     "rm": TRAINING_FIELDS + ("pref_dataset",),
+    "grpo": TRAINING_FIELDS + ("dataset", "num_generations", "rollout_batch_size", "max_new_tokens"),
 }
 
 
@@ -192,8 +193,15 @@ def build_rm(profile: Profile, out: Path, deps: dict[str, Path]) -> dict:
     return train_reward_model(profile, model_path(deps["sft"]), out)
 
 
+def build_grpo(profile: Profile, out: Path, deps: dict[str, Path]) -> dict:
+    """A GRPO policy trained from the SFT stage with the rule rewards, as lab 05 teaches."""
+    from labkit.grpo import train_grpo
+
+    return train_grpo(profile, model_path(deps["sft"]), out)
+
+
 BUILDERS: dict[str, Callable[[Profile, Path, dict[str, Path]], dict]] = {
-    "base": build_base, "sft": build_sft, "rm": build_rm,
+    "base": build_base, "sft": build_sft, "rm": build_rm, "grpo": build_grpo,
 }
 
 

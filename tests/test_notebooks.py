@@ -56,16 +56,23 @@ EXPECTED_METRICS: dict[str, list[str]] = {
     "03_dpo": ["dpo_heldout_pref_acc", "dpo_margin_start", "dpo_margin_end", "heldout_acc_sft",
                "heldout_acc_dpo"],
     "04_ppo": ["rm_score_start", "rm_score_end", "kl_end", "heldout_acc_before", "heldout_acc_after"],
+    "05_grpo": ["heldout_acc_before", "heldout_acc_after", "reward_start", "reward_end", "kl_end"],
+    "06_grpo_variants": [f"{m}_{v}" for v in ("grpo", "dapo", "dr_grpo", "rloo")
+                         for m in ("heldout_acc", "mean_len")] + ["dapo_extra_prompts"],
 }
 MIN_VALUES: dict[str, dict[str, float]] = {
     "01_sft": {"heldout_acc_after": 0.8, "format_rate_after": 0.9},
     "02_reward_model": {"rm_heldout_pair_acc": 0.9},
     "03_dpo": {"dpo_heldout_pref_acc": 0.8},
     "04_ppo": {"kl_end": 0.05},
+    "06_grpo_variants": {"dapo_extra_prompts": 1, "heldout_acc_grpo": 0.5, "heldout_acc_dapo": 0.5,
+                         "heldout_acc_dr_grpo": 0.5, "heldout_acc_rloo": 0.5},
 }
 # Metric pairs (larger, smaller): on "cpu" the first must exceed the second.
 MUST_EXCEED: dict[str, list[tuple[str, str]]] = {
     "04_ppo": [("rm_score_end", "rm_score_start")],
+    "05_grpo": [("heldout_acc_after", "heldout_acc_before"), ("greedy_acc_after", "greedy_acc_before"),
+                ("reward_end", "reward_start")],
 }
 
 

@@ -134,7 +134,7 @@ def test_folder_without_stage_json_is_rebuilt(fakes, cache):
 def test_unknown_stage_lists_the_known_ones(cache):
     with pytest.raises(KeyError) as error:
         stages.get_stage("dpo", get_profile("cpu"))
-    assert "'dpo'" in str(error.value) and "['base', 'rm', 'sft']" in str(error.value)
+    assert "'dpo'" in str(error.value) and "['base', 'grpo', 'rm', 'sft']" in str(error.value)
 
 
 def test_gpu_base_stage_points_at_the_downloaded_model(fakes, cache, monkeypatch, tmp_path):

@@ -1,0 +1,283 @@
+"""GRPO with TRL: the config and rewards labs 05-06 teach, the lab-06 variants, DAPO's dynamic
+sampling (TRL only logs zero-variance groups; this trainer replaces them), and the GRPO stage.
+
+Batch sizes: one RL step samples `rollout_batch_size` prompts x `num_generations` (G)
+completions. TRL counts completions: per_device_train_batch_size = profile.batch_size
+completions per micro-step, and the step's completions are split over
+gradient_accumulation_steps = rollout_batch_size * G / batch_size micro-steps.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
+
+from labkit.profiles import Profile
+from labkit.rewards import accuracy_reward, format_reward, overlong_penalty
+from labkit.trainer_args import common_args
+
+# 0.5 is exact in binary: a group of identical rewards then has a std of exactly 0, which TRL's
+# zero-std check (torch.isclose, atol 1e-8) needs. With 0.2, float32 rounding leaves ~1.5e-8.
+FORMAT_WEIGHT = 0.5
+# Prompts RL trains on: the tiny SFT model already solves levels 1-2 (~0.9), so on the kit's
+# data RL trains on level 3, where it has headroom. GSM8K: all problems.
+TRAIN_LEVELS: dict[str, tuple[int, ...] | None] = {"kit": (3,), "gsm8k": None}
+# The GRPO stage (lab 05's recipe) keeps a small KL term, as DeepSeekMath's GRPO (TRL: beta=0).
+GRPO_STAGE_BETA = 0.04
+ZERO_STD_TOL = 1e-6  # rewards closer than this count as equal
+
+
+class GRPOSetupError(ValueError):
+    """A GRPO batch layout or variant that cannot work, with the field to change."""
+
+
+def rl_dataset(profile: Profile, split: str = "rl", levels: tuple[int, ...] | None = None,
+               limit: int | None = None):
+    """Prompt rows for GRPOTrainer: `prompt` (conversation) plus id, lang, level and `answer`
+    (TRL passes `answer` to the reward functions). levels default to TRAIN_LEVELS."""
+    from labkit.data import load_problems, prompt_messages, to_dataset
+
+    if levels is None:
+        levels = TRAIN_LEVELS.get(profile.dataset)
+    rows = load_problems(profile.dataset, split, levels=levels, limit=limit)
+    return to_dataset(rows, lambda r: {"prompt": prompt_messages(r, profile.system_prompt)})
+
+
+def reward_setup(profile: Profile, overlong_fraction: float | None = None) -> tuple[list, list[float]]:
+    """(reward_funcs, reward_weights): format (weight 0.5) + accuracy (1.0), plus DAPO's soft
+    overlong penalty over the last `overlong_fraction` of the generation budget when given
+    (CPU: 48 tokens, 1/3 -> the penalty starts after 32)."""
+    funcs: list = [format_reward, accuracy_reward]
+    weights = [FORMAT_WEIGHT, 1.0]
+    if overlong_fraction:
+        cache = max(1, int(profile.max_new_tokens * overlong_fraction))
+        funcs.append(overlong_penalty(profile.max_new_tokens, cache))
+        weights.append(1.0)
+    return funcs, weights
+
+
+def accumulation_steps(profile: Profile) -> int:
+    """Micro-steps per RL step: rollout_batch_size * num_generations / batch_size completions."""
+    completions = profile.rollout_batch_size * profile.num_generations
+    if profile.num_generations < 2:
+        raise GRPOSetupError(f"num_generations must be >= 2 (a group needs a baseline); got {profile.num_generations}")
+    if completions % profile.batch_size:
+        raise GRPOSetupError(
+            f"rollout_batch_size x num_generations = {profile.rollout_batch_size} x {profile.num_generations}"
+            f" = {completions} completions do not split into micro-batches of batch_size={profile.batch_size}; "
+            "choose a batch_size that divides it."
+        )
+    return completions // profile.batch_size
+
+
+def _rl_args(profile: Profile, output_dir: str | Path, max_steps: int | None, seed: int) -> dict[str, Any]:
+    """Arguments GRPOConfig and RLOOConfig share: batches, sampling and generation backend."""
+    args = common_args(profile, output_dir, max_steps=max_steps, seed=seed)
+    args.update(
+        gradient_accumulation_steps=accumulation_steps(profile),
+        logging_steps=1,                       # RL curves are noisy: keep every step
+        lr_scheduler_type="constant_with_warmup",
+        num_generations=profile.num_generations,
+        max_completion_length=profile.max_new_tokens,
+        temperature=1.0, top_p=1.0, top_k=0,   # plain sampling, as labkit.evaluate samples
+        beta=0.0,                              # no KL term: TRL's default, see lab 05
+        # vLLM generation when it is installed on a GPU machine (colocated: same process, same GPU)
+        use_vllm=profile.device == "cuda" and importlib.util.find_spec("vllm") is not None,
+        vllm_mode="colocate",
+    )
+    return args
+
+
+def grpo_config(profile: Profile, output_dir: str | Path, *, max_steps: int | None = None,
+                seed: int = 0, **overrides: Any) -> GRPOConfig:
+    """GRPOConfig for `profile` with the GRPO paper's choices set explicitly (TRL 1.16's defaults
+    are DAPO's): loss_type="grpo" (per-sequence mean), scale_rewards="group", epsilon=0.2 on both
+    sides, beta=0. `overrides` replace any of them (lab 06's variants do)."""
+    args = _rl_args(profile, output_dir, max_steps, seed)
+    args.update(loss_type="grpo", scale_rewards="group", epsilon=0.2, epsilon_high=None)
+    args.update(overrides)
+    return GRPOConfig(**args)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One algorithm of lab 06, as TRL settings plus labkit's dynamic sampling."""
+    name: str
+    description: str
+    loss_type: str = "grpo"                 # "grpo" | "dapo" | "dr_grpo" (ignored by RLOO)
+    scale_rewards: str = "group"            # "group" | "batch" | "none"
+    epsilon_high: float | None = None       # None = symmetric clipping (0.2 / 0.2)
+    overlong_fraction: float | None = None  # soft overlong penalty over this end part of the budget
+    dynamic_sampling: bool = False          # replace zero-std groups with fresh prompts
+    rloo: bool = False                      # TRL RLOOTrainer instead of GRPOTrainer
+
+
+VARIANTS: dict[str, Variant] = {
+    "grpo": Variant("grpo", "GRPO: group z-score, per-sequence mean, clip 0.2/0.2"),
+    "dapo": Variant("dapo", "DAPO: clip-higher 0.2/0.28, token-level mean, soft overlong penalty, "
+                            "dynamic sampling", loss_type="dapo", epsilon_high=0.28,
+                    overlong_fraction=1 / 3, dynamic_sampling=True),
+    "dr_grpo": Variant("dr_grpo", "Dr. GRPO: no std scaling, sum / (B x max_len)",
+                       loss_type="dr_grpo", scale_rewards="none"),
+    "rloo": Variant("rloo", "RLOO (TRL RLOOTrainer): leave-one-out baseline, sequence-level ratio",
+                    rloo=True),
+}
+
+
+def make_trainer(variant: Variant | str, profile: Profile, model, tokenizer, train_dataset,
+                 output_dir: str | Path, *, max_steps: int | None = None, seed: int = 0,
+                 peft_config=None, **overrides: Any):
+    """A TRL trainer for one variant on `model` (not trained yet: call .train()). `overrides` are
+    further GRPOConfig / RLOOConfig fields shared by every variant (e.g. num_iterations=2)."""
+    v = VARIANTS[variant] if isinstance(variant, str) else variant
+    funcs, weights = reward_setup(profile, v.overlong_fraction)
+    common = dict(model=model, reward_funcs=funcs, train_dataset=train_dataset,
+                  processing_class=tokenizer, peft_config=peft_config)
+    if v.rloo:
+        args = _rl_args(profile, output_dir, max_steps, seed)
+        args.update(reward_weights=weights, epsilon=0.2, epsilon_high=v.epsilon_high,
+                    normalize_advantages=False)
+        config = RLOOConfig(**{**args, **overrides})
+        return RLOOTrainer(args=config, **common)
+    settings = dict(reward_weights=weights, loss_type=v.loss_type, scale_rewards=v.scale_rewards,
+                    epsilon_high=v.epsilon_high)
+    config = grpo_config(profile, output_dir, max_steps=max_steps, seed=seed, **{**settings, **overrides})
+    if v.dynamic_sampling:
+        return DynamicSamplingGRPOTrainer(args=config, **common)
+    return GRPOTrainer(args=config, **common)
+
+
+# ---------------------------------------------------------------- dynamic sampling
+
+
+def zero_std_groups(rewards: torch.Tensor, group_size: int) -> list[int]:
+    """Indices of the groups (consecutive blocks of `group_size` rows) whose rewards are all
+    equal, e.g. accuracy all 1 (solved by every sample) or all 0. [N] -> list of group ids."""
+    grouped = rewards.detach().view(-1, group_size)
+    spread = grouped.max(dim=1).values - grouped.min(dim=1).values
+    return [int(g) for g in torch.nonzero(spread < ZERO_STD_TOL).flatten()]
+
+
+# Batch entries GRPOTrainer returns for text-only training: left-padded prompt, right-padded rest.
+_LEFT_PADDED = ("prompt_ids", "prompt_mask")
+_RIGHT_PADDED = ("completion_ids", "completion_mask", "old_per_token_logps", "ref_per_token_logps",
+                 "sampling_per_token_logps")
+
+
+def _pad_to(x: torch.Tensor, width: int, left: bool, value: float) -> torch.Tensor:
+    extra = width - x.shape[1]
+    if extra <= 0:
+        return x
+    pad = torch.full((x.shape[0], extra), value, dtype=x.dtype, device=x.device)
+    return torch.cat([pad, x] if left else [x, pad], dim=1)
+
+
+def replace_groups(batch: dict, slots: list[int], extra: dict, groups: list[int], group_size: int,
+                   pad_token_id: int) -> dict:
+    """Copy groups `groups` of `extra` into group positions `slots` of `batch` (same keys; the two
+    batches may be padded to different widths). Returns the new batch."""
+    unknown = set(batch) - set(_LEFT_PADDED) - set(_RIGHT_PADDED) - {"advantages", "num_items_in_batch"}
+    if unknown:
+        raise GRPOSetupError(f"dynamic sampling supports text-only GRPO batches; found {sorted(unknown)}")
+    rows = torch.cat([torch.arange(s * group_size, (s + 1) * group_size) for s in slots])
+    src = torch.cat([torch.arange(g * group_size, (g + 1) * group_size) for g in groups])
+    out = dict(batch)
+    for key in (*_LEFT_PADDED, *_RIGHT_PADDED, "advantages"):
+        if key not in batch:
+            continue
+        a, b = batch[key], extra[key]
+        if a.dim() == 2:
+            left = key in _LEFT_PADDED
+            value = pad_token_id if key.endswith("_ids") else 0
+            width = max(a.shape[1], b.shape[1])
+            a, b = _pad_to(a, width, left, value), _pad_to(b, width, left, value)
+        a = a.clone()
+        a[rows.to(a.device)] = b[src.to(b.device)]
+        out[key] = a
+    out["num_items_in_batch"] = out["completion_mask"].sum()
+    return out
+
+
+class DynamicSamplingGRPOTrainer(GRPOTrainer):
+    """GRPOTrainer with DAPO's dynamic sampling.
+
+    As in DAPO, a prompt is kept only if its G samples disagree on accuracy (some right, some
+    wrong): groups with accuracy all 1 or all 0 are replaced by groups of freshly drawn prompts
+    that do disagree, with up to `max_rounds` extra generate calls per batch; groups still without
+    a spread after that stay. TRL's own metrics (reward, frac_reward_zero_std, ...) describe the
+    first sample; two more say what the filter did: `dynamic/frac_zero_std_before` and `.._after` (share of groups
+    whose accuracy is all equal, as sampled and in the batch trained on) and `dynamic/extra_prompts`.
+    """
+
+    def __init__(self, *args: Any, max_rounds: int = 3, filter_on: str = "accuracy_reward",
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if filter_on not in self.reward_func_names:
+            raise GRPOSetupError(f"filter_on={filter_on!r} is not one of the reward functions "
+                                 f"{self.reward_func_names}")
+        self.max_rounds = max_rounds
+        self._filter_column = self.reward_func_names.index(filter_on)
+        self._draws = torch.Generator().manual_seed(self.args.seed + 1)
+        self._last_rewards: torch.Tensor | None = None
+
+    def _calculate_rewards(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        self._last_rewards = super()._calculate_rewards(*args, **kwargs)  # [N, reward funcs]
+        return self._last_rewards
+
+    def _fresh_inputs(self, num_prompts: int) -> list[dict]:
+        """`num_prompts` random training prompts, each repeated G times (as TRL's sampler does)."""
+        picks = torch.randint(len(self.train_dataset), (num_prompts,), generator=self._draws).tolist()
+        return [dict(self.train_dataset[i]) for i in picks for _ in range(self.num_generations)]
+
+    def _sample(self, inputs: list[dict]) -> tuple[dict, list[int]]:
+        """TRL's generate-and-score, plus the groups whose filtered reward is all equal."""
+        batch = super()._generate_and_score_completions(inputs)
+        return batch, zero_std_groups(self._last_rewards[:, self._filter_column], self.num_generations)
+
+    def _generate_and_score_completions(self, inputs: list[dict]) -> dict:
+        if not self.model.training:
+            return super()._generate_and_score_completions(inputs)
+        metrics = self._metrics["train"]
+        batch, dead = self._sample(inputs)
+        metrics["dynamic/frac_zero_std_before"].append(len(dead) * self.num_generations / len(inputs))
+        extra_prompts = 0
+        for _ in range(self.max_rounds):
+            if not dead:
+                break
+            logged = {key: len(values) for key, values in metrics.items()}
+            extra, extra_dead = self._sample(self._fresh_inputs(len(dead)))
+            for key, count in logged.items():  # keep TRL's metrics about the first sample only
+                del metrics[key][count:]
+            extra_prompts += len(dead)
+            live = [g for g in range(len(dead)) if g not in set(extra_dead)]
+            if live:
+                batch = replace_groups(batch, dead[:len(live)], extra, live, self.num_generations,
+                                       self.processing_class.pad_token_id)
+                dead = dead[len(live):]
+        metrics["dynamic/frac_zero_std_after"].append(len(dead) * self.num_generations / len(inputs))
+        metrics["dynamic/extra_prompts"].append(float(extra_prompts))
+        return batch
+
+
+# ---------------------------------------------------------------- the GRPO stage
+
+
+def train_grpo(profile: Profile, sft_path: str | Path, out: Path, seed: int = 0) -> dict:
+    """Train GRPO from the SFT model at `sft_path` (lab 05's recipe); save the policy to `out`."""
+    from labkit.hardware import detect
+    from labkit.models import adapter_to_train, base_weights, load_model, load_tokenizer, save_model
+    from labkit.preflight import preflight
+
+    preflight(profile, detect(), lab="grpo")  # refuses a config that won't fit, before loading
+    tokenizer = load_tokenizer(sft_path)
+    model = load_model(sft_path, profile)
+    trainer = make_trainer("grpo", profile, model, tokenizer, rl_dataset(profile), out / "trainer",
+                           seed=seed, peft_config=adapter_to_train(model, profile), beta=GRPO_STAGE_BETA)
+    trainer.train()
+    save_model(trainer.model, tokenizer, out, base_weights(sft_path)[0])
+    return {"log_history": trainer.state.log_history}

@@ -1,0 +1,343 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 实验 05：GRPO——用可验证奖励做强化学习（RLVR）
+#
+# **目标**
+# 1. 在一组（同一道题的 G 个回答）上亲手算出 GRPO 的三样东西：组内相对优势、裁剪的目标函数、k3 KL 估计，
+#    并与 `labkit.algorithms` 和 TRL `GRPOTrainer` 的数值逐项对照；
+# 2. 用 TRL `GRPOTrainer` 从 SFT 模型出发，以 `labkit` 的格式奖励 + 正确率奖励训练；
+# 3. 读懂 GRPO 的训练曲线：奖励及其分项、组内奖励标准差、`frac_reward_zero_std`（"信号坍缩"）、回答长度、KL、熵；
+# 4. 在留出题目上比较训练前后的正确率，并看几个训练前后的回答。
+#
+# **前置知识**：实验 01（SFT）；实验 04 的裁剪目标函数有帮助但不是必须。SFT 模型由 `labkit` 自动取用或训练。
+#
+# **运行时间**：CPU 配置约 3 分钟。
+
+# %% tags=["parameters"]
+PROFILE = "auto"      # "auto" | "cpu" | "t4" | "24gb" | "80gb"
+SEED = 0
+MAX_STEPS = None      # GRPO steps; None: the profile's default for this lab
+LEARNING_RATE = None
+LOSS_TYPE = "grpo"    # TRL's default is "dapo"; lab 06 compares them
+BETA = 0.04           # KL coefficient (TRL's default is 0.0 = no KL term, no reference model)
+EVAL_SAMPLES = 4      # sampled completions per held-out question (pass@1 estimate)
+EVAL_LIMIT = None
+
+# %%
+from labkit.runtime import setup
+
+profile = setup(PROFILE, lab="grpo", seed=SEED, max_steps=MAX_STEPS, learning_rate=LEARNING_RATE,
+                eval_limit=EVAL_LIMIT)
+
+# %% [markdown]
+# ## 理论回顾
+#
+# **从 PPO 到 GRPO**：PPO 需要价值函数来估计基线；GRPO 对同一个问题 $q$ 采样一组 $G$ 个回答 $o_1,\dots,o_G$，
+# 用组内其他回答的奖励当基线，于是不再需要价值模型。奖励来自规则（答案对不对、格式对不对），不需要奖励模型——
+# 这就是 RLVR（可验证奖励的强化学习）。
+#
+# **组内相对优势**（同一回答的每个 token 共用一个优势）：
+# $$\hat A_i=\frac{r_i-\operatorname{mean}(r_1,\dots,r_G)}{\operatorname{std}(r_1,\dots,r_G)+\varepsilon}.$$
+# 一组的奖励全相同（全对或全错）时 $\hat A_i=0$：这组题不提供任何梯度，这就是笔记里说的"信号坍缩"，
+# TRL 把这种组的比例记为 `frac_reward_zero_std`。
+#
+# **裁剪的目标函数**（$\rho_{i,t}=\pi_\theta(o_{i,t}\mid q,o_{i,<t})/\pi_{\theta_{\text{old}}}(o_{i,t}\mid q,o_{i,<t})$）：
+# $$\mathcal J(\theta)=\frac1G\sum_{i=1}^G\frac1{|o_i|}\sum_{t=1}^{|o_i|}
+# \Big[\min\big(\rho_{i,t}\hat A_i,\ \operatorname{clip}(\rho_{i,t},1-\epsilon,1+\epsilon)\hat A_i\big)
+# -\beta\,\mathbb D_{\text{KL}}^{(i,t)}\Big].$$
+# 先在每个回答内对 token 求平均，再对 $G$ 个回答求平均——这就是 TRL 的 `loss_type="grpo"`。
+# **TRL 1.16 的默认值是 `loss_type="dapo"`**（所有 token 一起平均），所以本实验显式写出 `loss_type`；两者的差别是实验 06 的主题。
+#
+# **k3 KL 估计**（逐 token，$d=\log\pi_{\text{ref}}-\log\pi_\theta$）：$\ \mathbb D_{\text{KL}}\approx e^{d}-d-1\ \ge 0$。
+# 它无偏、恒非负、方差小。
+#
+# **关于 β**：TRL 的默认 `beta=0.0`，即不加 KL 项，也就不需要参考模型（省显存）；DAPO、Dr. GRPO 等后续工作也去掉了它。
+# 本实验用 DeepSeekMath 论文的 $\beta=0.04$，好让 TRL 记录 KL 曲线，看清策略离 SFT 模型走了多远。
+# CPU 配置做全参数微调，参考模型是 SFT 模型的一份冻结副本；GPU 配置用 LoRA，参考模型就是"关掉适配器"的同一份权重。
+
+# %%
+import gc
+
+import numpy as np
+import pandas as pd
+import torch
+
+from labkit import metrics
+from labkit.algorithms import aggregate_loss, group_advantages, kl_k3, policy_gradient_loss, response_logprobs
+from labkit.data import load_problems
+from labkit.evaluate import evaluate_accuracy
+from labkit.grpo import GRPO_STAGE_BETA, TRAIN_LEVELS, make_trainer, reward_setup, rl_dataset
+from labkit.hardware import detect
+from labkit.models import adapter_to_train, load_model, load_tokenizer, save_model
+from labkit.plotting import plot_bars, plot_metrics
+from labkit.preflight import preflight
+from labkit.stages import get_stage, model_path, publish_stage
+
+sft_dir = model_path(get_stage("sft", profile))
+tokenizer = load_tokenizer(sft_dir)
+train_set = rl_dataset(profile)
+levels = TRAIN_LEVELS.get(profile.dataset)
+G = profile.num_generations
+print(f"training prompts: {len(train_set)} (levels {levels or 'all'}), G = {G} completions per prompt, "
+      f"{profile.rollout_batch_size} prompts per step")
+estimate = preflight(profile, detect(), lab="grpo")   # refuses a config that will not fit, on a GPU
+print(f"estimated peak memory: {estimate.total_bytes / 2**30:.2f} GiB")
+
+# %% [markdown]
+# ## 第一步：在一组回答上亲手算 GRPO
+#
+# 先建一个 `GRPOTrainer`（不训练），让它对**一道题**采样 $G$ 个回答、打分并算出优势。挑一道组内有对有错的题，
+# 否则优势全是 0，没什么可算的。`reward_setup` 给出两个奖励函数与权重：格式奖励（权重 0.5）+ 正确率奖励（权重 1）。
+
+# %%
+policy = load_model(sft_dir, profile)
+funcs, weights = reward_setup(profile)
+print("reward functions:", [f.__name__ for f in funcs], "weights:", weights)
+probe = make_trainer("grpo", profile, policy, tokenizer, train_set, "outputs/05_probe", seed=SEED,
+                     peft_config=adapter_to_train(policy, profile), beta=BETA or GRPO_STAGE_BETA,
+                     loss_type=LOSS_TYPE)
+probe.model.train()
+torch.manual_seed(SEED)
+for index in range(20):
+    row = dict(train_set[index])
+    batch = probe._generate_and_score_completions([row] * G)   # TRL: generate, score, advantages
+    rewards_by_func = {name: list(probe._logs["rewards"][name])[-G:] for name in probe.reward_func_names}
+    if len(set(rewards_by_func["accuracy_reward"])) > 1:
+        break
+completions = tokenizer.batch_decode(batch["completion_ids"], skip_special_tokens=True)
+print("question:", row["prompt"][-1]["content"], "| gold answer:", row["answer"])
+
+# %% [markdown]
+# **组内相对优势**：按公式用 numpy 算（标准差用无偏估计，即除以 $G-1$，与 TRL 一致），再与 `labkit.algorithms.group_advantages`
+# 和 TRL 算出的优势对照。
+
+# %%
+r = np.array(rewards_by_func["format_reward"]) * weights[0] + np.array(rewards_by_func["accuracy_reward"]) * weights[1]
+adv_by_hand = (r - r.mean()) / (r.std(ddof=1) + 1e-4)
+adv_labkit = group_advantages(torch.tensor(r, dtype=torch.float32), G)
+adv_trl = batch["advantages"].float().cpu()
+pd.DataFrame({"completion": [c[:60] for c in completions], "format": rewards_by_func["format_reward"],
+              "accuracy": rewards_by_func["accuracy_reward"], "reward r_i": r, "A by hand": adv_by_hand.round(4),
+              "A labkit": adv_labkit.numpy().round(4), "A TRL": adv_trl.numpy().round(4)})
+
+# %%
+assert np.allclose(adv_by_hand, adv_labkit.numpy(), atol=1e-5) and np.allclose(adv_by_hand, adv_trl.numpy(), atol=1e-4)
+print("advantages: by hand == labkit == TRL")
+
+# %% [markdown]
+# **裁剪的目标函数与 k3 KL**：取这组回答在当前策略下的逐 token 对数概率 $\log\pi_\theta$。
+# 每次采样后只更新一次时（TRL 默认 `num_iterations=1`），$\pi_{\theta_{\text{old}}}=\pi_\theta$，比值恒为 1，裁剪永远不起作用。
+# 为了看到裁剪，这里把"旧策略"的对数概率人为扰动一下（模拟策略已经更新过几步），再分别用手算、`labkit` 和 TRL 的
+# `compute_loss` 算同一个损失。参考模型的对数概率取 TRL 算好的 `ref_per_token_logps`。
+
+# %%
+prompt_len = batch["prompt_ids"].shape[1]
+input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
+attention = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
+response_mask = torch.cat([torch.zeros_like(batch["prompt_mask"]), batch["completion_mask"]], dim=1)
+with torch.no_grad():
+    logp = response_logprobs(probe.model, input_ids, attention, response_mask)[:, prompt_len:].float()
+mask = batch["completion_mask"].float()
+ref_logp = batch["ref_per_token_logps"].float()
+gen = torch.Generator().manual_seed(SEED)
+old_logp = (logp + 0.3 * torch.randn(logp.shape, generator=gen)) * mask   # a pretend "old" policy
+eps, beta = 0.2, probe.beta
+
+# by hand, token by token
+A = adv_trl.unsqueeze(1)
+ratio = torch.exp(logp - old_logp)
+surrogate = torch.minimum(ratio * A, torch.clamp(ratio, 1 - eps, 1 + eps) * A)
+d = ref_logp - logp
+k3 = torch.exp(d) - d - 1
+per_token = -(surrogate - beta * k3)
+loss_by_hand = ((per_token * mask).sum(1) / mask.sum(1)).mean()          # mean over tokens, then over G
+clipped = ((ratio < 1 - eps) & (A < 0)) | ((ratio > 1 + eps) & (A > 0))
+
+# labkit
+pg_loss, stats = policy_gradient_loss(logp, old_logp, adv_trl, mask, clip_low=eps, norm="sequence")
+loss_labkit = pg_loss + beta * aggregate_loss(kl_k3(logp, ref_logp), mask, norm="sequence")
+
+# TRL: the same batch with the pretend old log-probs; eval mode so the loss is not divided for accumulation
+probe.model.eval()
+with torch.no_grad():
+    loss_trl = probe.compute_loss(probe.model, {**batch, "old_per_token_logps": old_logp.to(batch["completion_ids"].device)})
+print(f"clipped tokens: {clipped[mask.bool()].float().mean():.3f} (labkit: {stats['clip_frac']:.3f}); "
+      f"mean k3 KL per token: {(k3 * mask).sum() / mask.sum():.5f}")
+print(f"loss  by hand {loss_by_hand:.6f} | labkit {loss_labkit:.6f} | TRL {float(loss_trl):.6f}")
+assert abs(loss_by_hand - loss_labkit) < 1e-5 and abs(float(loss_trl) - float(loss_labkit)) < 1e-3 * max(1, abs(float(loss_trl)))
+
+# %%
+del probe, policy, batch
+gc.collect()
+
+# %% [markdown]
+# ## 第二步：训练前的起点
+#
+# 起点有没有"提升空间"很关键：SFT 模型在 1、2 级题上已经接近 90% 正确，RL 几乎没什么可学。所以在 CPU 配置上，
+# 训练与评估都只用 **3 级（最难）** 题；GPU 配置用 GSM8K 的全部题目。评估两种正确率：
+# 贪心解码（每题一个确定的回答），以及温度 1 采样 `EVAL_SAMPLES` 次的平均正确率（pass@1 的估计；RL 优化的正是采样策略的期望奖励）。
+
+# %%
+heldout = load_problems(profile.dataset, "eval", levels=levels, limit=profile.eval_limit)
+policy = load_model(sft_dir, profile)
+torch.manual_seed(SEED)
+greedy_before = evaluate_accuracy(policy, tokenizer, heldout, profile, desc="greedy, before")
+sampled_before = evaluate_accuracy(policy, tokenizer, heldout, profile, desc="sampled, before", samples=EVAL_SAMPLES)
+print(f"{len(heldout)} held-out questions | greedy acc {greedy_before.accuracy:.3f} | "
+      f"sampled acc {sampled_before.accuracy:.3f} (x{EVAL_SAMPLES}) | format {sampled_before.format_rate:.3f}")
+
+# %% [markdown]
+# ## 第三步：用 TRL GRPOTrainer 训练
+#
+# `labkit.grpo.grpo_config` 把 GRPO 论文的选择都显式写出：`loss_type="grpo"`、`scale_rewards="group"`（组内标准差归一化）、
+# 对称裁剪 `epsilon=0.2`、温度 1 采样、`num_iterations=1`。每步采 `rollout_batch_size` 道题 × G 个回答。
+
+# %%
+trainer = make_trainer("grpo", profile, policy, tokenizer, train_set, "outputs/05_grpo", seed=SEED,
+                       peft_config=adapter_to_train(policy, profile), beta=BETA, loss_type=LOSS_TYPE)
+args = trainer.args
+print({k: getattr(args, k) for k in ("loss_type", "scale_rewards", "beta", "epsilon", "num_generations",
+                                     "max_completion_length", "learning_rate", "max_steps",
+                                     "per_device_train_batch_size", "gradient_accumulation_steps")})
+trainer.train()
+history = trainer.state.log_history
+policy = trainer.model
+
+# %% [markdown]
+# ## 第四步：训练曲线
+#
+# - **reward** 与各分项：格式奖励从一开始就接近满分，上升的主要是正确率奖励；
+# - **reward_std**：组内奖励的标准差，GRPO 的学习信号就来自它；
+# - **frac_reward_zero_std**：全对或全错、优势为 0 的组的比例。题目越被"做熟"，它越高，信号越少——实验 06 的动态采样就是为此而生；
+# - 回答长度、KL（离 SFT 模型多远）、熵（策略还有多少随机性）。
+# 曲线每步只有 `rollout_batch_size` 道题，噪声大，图中细线是原始值，粗线是平滑后的值。
+
+# %%
+plot_metrics(history, ["reward", "reward_per_func", "reward_std", "frac_reward_zero_std"], smooth=0.8,
+             title="GRPO 训练：奖励与学习信号", ncols=2);
+
+# %%
+plot_metrics(history, ["completion_length", "kl", "entropy"], smooth=0.8, title="GRPO 训练：长度、KL 与熵");
+
+# %%
+steps = [h for h in history if "reward" in h]
+window = max(1, len(steps) // 5)
+reward_start = float(np.mean([h["reward"] for h in steps[:window]]))
+reward_end = float(np.mean([h["reward"] for h in steps[-window:]]))
+zero_std_start = float(np.mean([h["frac_reward_zero_std"] for h in steps[:window]]))
+zero_std_end = float(np.mean([h["frac_reward_zero_std"] for h in steps[-window:]]))
+kl_end = float(np.mean([h["kl"] for h in steps[-window:]])) if "kl" in steps[-1] else 0.0
+print(f"mean reward over the first / last {window} steps: {reward_start:.3f} -> {reward_end:.3f}")
+print(f"frac_reward_zero_std: {zero_std_start:.3f} -> {zero_std_end:.3f}; KL at the end: {kl_end:.4f}")
+
+# %% [markdown]
+# ## 第五步：训练后的留出集正确率与回答样例
+
+# %%
+torch.manual_seed(SEED)
+greedy_after = evaluate_accuracy(policy, tokenizer, heldout, profile, desc="greedy, after")
+sampled_after = evaluate_accuracy(policy, tokenizer, heldout, profile, desc="sampled, after", samples=EVAL_SAMPLES)
+results = pd.DataFrame({"before (SFT)": [greedy_before.accuracy, sampled_before.accuracy, sampled_before.format_rate],
+                        "after GRPO": [greedy_after.accuracy, sampled_after.accuracy, sampled_after.format_rate]},
+                       index=["greedy accuracy", f"sampled accuracy (x{EVAL_SAMPLES})", "sampled format rate"])
+results.round(3)
+
+# %%
+plot_bars({"SFT, greedy": greedy_before.accuracy, "GRPO, greedy": greedy_after.accuracy,
+           "SFT, sampled": sampled_before.accuracy, "GRPO, sampled": sampled_after.accuracy},
+          title=f"留出集正确率（{len(heldout)} 题）", ylabel="accuracy");
+
+# %%
+k = max(EVAL_SAMPLES, 1)
+pd.DataFrame([{"question": q["question"][:50], "gold": q["answer"],
+               "SFT sample": sampled_before.completions[i * k][:60], "GRPO sample": sampled_after.completions[i * k][:60]}
+              for i, q in enumerate(heldout[:6])])
+
+# %% [markdown]
+# **读数**（CPU 配置，以本次输出为准）：采样正确率的提升明显大于贪心正确率的提升。GRPO 主要是把 SFT 策略已经
+# "有时能做对"的题变得"更常做对"——把概率集中到正确的推理路径上（熵下降也说明了这一点），而不是教会模型新的算术。
+# 这个 1M 参数的小模型在 3 分钟的预算里只能走几十步，所以提升幅度有限；在 GPU 配置上，用 Qwen3 和 GSM8K 训练几百步，效果会大得多。
+#
+# 若本 notebook 用的是阶段的标准配方（默认参数、SEED=0），训练好的策略会存为 `grpo` 阶段，实验 07 直接取用。
+
+# %%
+if BETA == GRPO_STAGE_BETA and LOSS_TYPE == "grpo":
+    publish_stage("grpo", profile, lambda folder: save_model(policy, tokenizer, folder, sft_dir),
+                  {"log_history": history}, seed=SEED)
+
+# %% [markdown]
+# ## 练习
+#
+# **练习 1**：组内相对优势。给一组 G 个奖励，返回每个回答的优势（减组均值，除以无偏标准差加 `eps`）。
+
+# %% tags=["solution"]
+def my_group_advantages(rewards: list[float], eps: float = 1e-4) -> list[float]:
+    # TODO: (r_i - mean) / (std + eps)，std 用无偏估计（除以 G - 1）
+    mean = sum(rewards) / len(rewards)
+    std = (sum((x - mean) ** 2 for x in rewards) / (len(rewards) - 1)) ** 0.5
+    return [(x - mean) / (std + eps) for x in rewards]
+
+
+# %% tags=["check"]
+from labkit import exercises
+
+
+def check_group_advantages(fn):
+    got = fn([1.0, 0.0, 0.0, 1.0])   # mean 0.5, unbiased std = sqrt(1/3)
+    exercises.check_close("advantages", got, [0.8658, -0.8658, -0.8658, 0.8658], tol=1e-3,
+                          hint="标准差除以 G-1（无偏），不是 G")
+    exercises.check_close("all equal: no signal", fn([1.0, 1.0, 1.0]), [0.0, 0.0, 0.0],
+                          hint="全对的组优势为 0")
+
+
+check_group_advantages(my_group_advantages)
+
+# %% tags=["wrong"]
+exercises.expect_failure(lambda: check_group_advantages(
+    lambda r, eps=1e-4: [(x - sum(r) / len(r)) / ((sum((y - sum(r) / len(r)) ** 2 for y in r) / len(r)) ** 0.5 + eps)
+                         for x in r]))
+
+# %% [markdown]
+# **练习 2**：k3 KL 估计。给一个回答每个 token 在策略和参考模型下的对数概率，返回每个 token 的 k3 估计。
+
+# %% tags=["solution"]
+def my_k3(logp: list[float], ref_logp: list[float]) -> list[float]:
+    # TODO: d = ref_logp - logp；k3 = exp(d) - d - 1
+    import math
+    return [math.exp(r - p) - (r - p) - 1 for p, r in zip(logp, ref_logp)]
+
+
+# %% tags=["check"]
+def check_k3(fn):
+    exercises.check_close("k3", fn([-1.0, -2.0, -0.5], [-1.0, -1.0, -1.5]), [0.0, 0.7183, 0.3679], tol=1e-3,
+                          hint="d = log pi_ref - log pi，k3 = e^d - d - 1，永远 >= 0")
+
+
+check_k3(my_k3)
+
+# %% tags=["wrong"]
+exercises.expect_failure(lambda: check_k3(lambda logp, ref: [p - r for p, r in zip(logp, ref)]))
+
+# %% [markdown]
+# **思考题**（不计分）：把 `BETA` 改为 `0.0`（TRL 的默认）重新运行：KL 曲线消失，训练变快了多少？正确率呢？
+# 把 `LOSS_TYPE` 改为 `"dapo"`：回答长度的曲线有没有变化？（答案见实验 06。）
+
+# %%
+metrics.record(heldout_acc_before=round(sampled_before.accuracy, 4), heldout_acc_after=round(sampled_after.accuracy, 4),
+               greedy_acc_before=round(greedy_before.accuracy, 4), greedy_acc_after=round(greedy_after.accuracy, 4),
+               reward_start=round(reward_start, 4), reward_end=round(reward_end, 4),
+               frac_zero_std_start=round(zero_std_start, 4), frac_zero_std_end=round(zero_std_end, 4),
+               kl_end=round(kl_end, 5), grpo_steps=len(steps))
+metrics.show()

@@ -1,0 +1,143 @@
+"""labkit.grpo: batch layout, variants as TRL settings, dynamic sampling (unit and a short run)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from trl import GRPOTrainer, RLOOTrainer
+
+from labkit import tiny
+from labkit.data import load_split
+from labkit.grpo import (VARIANTS, DynamicSamplingGRPOTrainer, GRPOSetupError, accumulation_steps,
+                         grpo_config, make_trainer, replace_groups, reward_setup, rl_dataset,
+                         zero_std_groups)
+from labkit.profiles import get_profile
+
+
+def test_zero_std_groups_finds_all_equal_groups():
+    rewards = torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 1.0])
+    assert zero_std_groups(rewards, 3) == [0, 1]
+    assert zero_std_groups(torch.tensor([0.5, 0.5, 0.5, 0.5]), 2) == [0, 1]
+    assert zero_std_groups(torch.tensor([1.0, 0.0, 0.0, 1.0]), 2) == []
+
+
+def test_replace_groups_pads_both_batches_and_recounts_tokens():
+    pad = 9
+    batch = {"prompt_ids": torch.tensor([[1, 2], [1, 2], [3, 4], [3, 4]]),
+             "prompt_mask": torch.ones(4, 2, dtype=torch.long),
+             "completion_ids": torch.tensor([[5, 6], [5, 0], [7, 0], [7, 7]]),
+             "completion_mask": torch.tensor([[1, 1], [1, 0], [1, 0], [1, 1]]),
+             "advantages": torch.tensor([0.0, 0.0, 1.0, -1.0]), "num_items_in_batch": torch.tensor(6)}
+    extra = {"prompt_ids": torch.tensor([[8, 1, 2], [8, 1, 2]]),
+             "prompt_mask": torch.ones(2, 3, dtype=torch.long),
+             "completion_ids": torch.tensor([[4, 4, 4], [4, 0, 0]]),
+             "completion_mask": torch.tensor([[1, 1, 1], [1, 0, 0]]),
+             "advantages": torch.tensor([0.7, -0.7]), "num_items_in_batch": torch.tensor(4)}
+    out = replace_groups(batch, [0], extra, [0], 2, pad)
+    assert out["prompt_ids"].tolist() == [[8, 1, 2], [8, 1, 2], [pad, 3, 4], [pad, 3, 4]]   # left-padded
+    assert out["prompt_mask"].tolist() == [[1, 1, 1], [1, 1, 1], [0, 1, 1], [0, 1, 1]]
+    assert out["completion_ids"].tolist() == [[4, 4, 4], [4, 0, 0], [7, 0, pad], [7, 7, pad]]  # right-padded
+    assert out["completion_mask"].tolist() == [[1, 1, 1], [1, 0, 0], [1, 0, 0], [1, 1, 0]]
+    assert out["advantages"].tolist() == pytest.approx([0.7, -0.7, 1.0, -1.0])
+    assert int(out["num_items_in_batch"]) == 7
+    assert batch["advantages"].tolist() == [0.0, 0.0, 1.0, -1.0]   # the input batch is not modified
+
+
+def test_replace_groups_refuses_batches_it_does_not_know():
+    batch = {"prompt_ids": torch.ones(2, 1), "pixel_values": torch.ones(2, 3)}
+    with pytest.raises(GRPOSetupError, match="pixel_values"):
+        replace_groups(batch, [0], batch, [0], 2, 0)
+
+
+def test_accumulation_steps_and_layout_errors():
+    cpu = get_profile("cpu", lab="grpo")
+    assert accumulation_steps(cpu) == cpu.rollout_batch_size * cpu.num_generations // cpu.batch_size
+    for name in ("t4", "24gb", "80gb"):
+        prof = get_profile(name, lab="grpo")
+        assert accumulation_steps(prof) * prof.batch_size == prof.rollout_batch_size * prof.num_generations
+    with pytest.raises(GRPOSetupError, match="batch_size"):
+        accumulation_steps(get_profile("cpu", lab="grpo", batch_size=48))
+    with pytest.raises(GRPOSetupError, match="num_generations"):
+        accumulation_steps(get_profile("cpu", lab="grpo", num_generations=1))
+
+
+def test_grpo_config_states_the_grpo_choices_explicitly(tmp_path):
+    config = grpo_config(get_profile("cpu", lab="grpo"), tmp_path)
+    assert (config.loss_type, config.scale_rewards, config.beta, config.epsilon) == ("grpo", "group", 0.0, 0.2)
+    assert config.epsilon_high is None       # the trainer then clips symmetrically
+    assert (config.temperature, config.top_k, config.top_p) == (1.0, 0, 1.0)
+    assert config.use_vllm is False
+
+
+def test_reward_setup_weights_are_exact_in_binary():
+    funcs, weights = reward_setup(get_profile("cpu", lab="grpo"), overlong_fraction=1 / 3)
+    assert [f.__name__ for f in funcs] == ["format_reward", "accuracy_reward", "overlong_penalty"]
+    group = torch.tensor([weights[0] * 1.0 + weights[1] * 0.0] * 8, dtype=torch.float32)
+    assert float(group.std()) == 0.0    # TRL's isclose(std, 0) needs an exact 0
+
+
+@pytest.fixture(scope="module")
+def tiny_policy():
+    rows = load_split("pretrain")[:200]
+    tok = tiny.build_tokenizer("".join(tiny.pretrain_text(r)) for r in rows)
+    return tiny.build_model(tok, seed=0), tok
+
+
+def test_make_trainer_maps_each_variant_to_trl(tiny_policy, tmp_path):
+    model, tok = tiny_policy
+    profile = get_profile("cpu", lab="grpo_compare", max_steps=1)
+    data = rl_dataset(profile, limit=16)
+    expected = {"grpo": (GRPOTrainer, "grpo", "group", 0.2), "dapo": (DynamicSamplingGRPOTrainer, "dapo", "group", 0.28),
+                "dr_grpo": (GRPOTrainer, "dr_grpo", "none", 0.2)}
+    for name, (cls, loss_type, scale, eps_high) in expected.items():
+        trainer = make_trainer(name, profile, model, tok, data, tmp_path / name)
+        assert type(trainer) is cls
+        assert (trainer.args.loss_type, trainer.args.scale_rewards, trainer.epsilon_high) == (loss_type, scale, eps_high)
+        assert trainer.reward_func_names[-1] == ("overlong_penalty" if name == "dapo" else "accuracy_reward")
+    rloo = make_trainer("rloo", profile, model, tok, data, tmp_path / "rloo")
+    assert isinstance(rloo, RLOOTrainer) and rloo.args.normalize_advantages is False
+    assert set(VARIANTS) == {"grpo", "dapo", "dr_grpo", "rloo"}
+
+
+def test_dynamic_sampling_replaces_zero_std_groups_in_a_short_run(tiny_policy, tmp_path):
+    """An untrained policy never answers right: every group is all-wrong, the filter resamples
+    max_rounds times, finds nothing better, and says so; the batch keeps its size."""
+    model, tok = tiny_policy
+    profile = get_profile("cpu", lab="grpo_compare", max_steps=1, rollout_batch_size=2, batch_size=16,
+                          max_new_tokens=8)
+    trainer = make_trainer("dapo", profile, model, tok, rl_dataset(profile, limit=8), tmp_path)
+    trainer.max_rounds = 2
+    trainer.model.train()
+    rows = [dict(trainer.train_dataset[i]) for i in (0, 1) for _ in range(8)]
+    batch = trainer._generate_and_score_completions(rows)
+    assert batch["completion_ids"].shape[0] == 16
+    metrics = trainer._metrics["train"]
+    assert metrics["dynamic/frac_zero_std_before"] == [1.0]
+    assert metrics["dynamic/extra_prompts"] == [4.0]      # 2 dead groups x 2 rounds
+    assert metrics["dynamic/frac_zero_std_after"] == [1.0]
+    assert len(metrics["reward"]) == 1                    # TRL's metrics describe the first sample only
+    with pytest.raises(GRPOSetupError, match="filter_on"):
+        DynamicSamplingGRPOTrainer(model=model, args=trainer.args, reward_funcs=trainer.reward_funcs,
+                                   train_dataset=trainer.train_dataset, processing_class=tok, filter_on="nope")
+
+
+def test_dynamic_sampling_keeps_groups_with_a_spread(tiny_policy, tmp_path, monkeypatch):
+    """With rewards forced to alternate by call, resampled groups with a spread replace dead ones."""
+    model, tok = tiny_policy
+    profile = get_profile("cpu", lab="grpo_compare", max_steps=1, rollout_batch_size=2, batch_size=16,
+                          max_new_tokens=4)
+    trainer = make_trainer("dapo", profile, model, tok, rl_dataset(profile, limit=8), tmp_path)
+    calls = []
+
+    def fake_rewards(inputs, prompts, completions, completion_ids_list):
+        calls.append(len(prompts))
+        acc = [0.0] * len(prompts) if len(calls) == 1 else [float(i % 2) for i in range(len(prompts))]
+        return torch.tensor([[1.0, a, 0.0] for a in acc])
+
+    monkeypatch.setattr(GRPOTrainer, "_calculate_rewards", lambda self, *a: fake_rewards(*a))
+    trainer.model.train()
+    rows = [dict(trainer.train_dataset[i]) for i in (0, 1) for _ in range(8)]
+    batch = trainer._generate_and_score_completions(rows)
+    assert calls == [16, 16]
+    assert trainer._metrics["train"]["dynamic/frac_zero_std_after"] == [0.0]
+    assert (batch["advantages"].abs() > 0.5).all()        # every group now has a spread
