@@ -99,7 +99,9 @@ def grpo_config(profile: Profile, output_dir: str | Path, *, max_steps: int | No
     are DAPO's): loss_type="grpo" (per-sequence mean), scale_rewards="group", epsilon=0.2 on both
     sides, beta=0. `overrides` replace any of them (lab 06's variants do)."""
     args = _rl_args(profile, output_dir, max_steps, seed)
-    args.update(loss_type="grpo", scale_rewards="group", epsilon=0.2, epsilon_high=None)
+    # use_bias_correction_kl: TRL 1.16's default, stated: the KL term is weighed by the ratio rho.
+    args.update(loss_type="grpo", scale_rewards="group", epsilon=0.2, epsilon_high=None,
+                use_bias_correction_kl=True)
     args.update(overrides)
     return GRPOConfig(**args)
 

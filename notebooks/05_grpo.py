@@ -65,6 +65,8 @@ profile = setup(PROFILE, lab="grpo", seed=SEED, max_steps=MAX_STEPS, learning_ra
 #
 # **关于 β**：TRL 的默认 `beta=0.0`，即不加 KL 项，也就不需要参考模型（省显存）；DAPO、Dr. GRPO 等后续工作也去掉了它。
 # 本实验用 DeepSeekMath 论文的 $\beta=0.04$，好让 TRL 记录 KL 曲线，看清策略离 SFT 模型走了多远。
+# 一个细节：TRL 1.16 默认 `use_bias_correction_kl=True`，把每个 token 的 KL 项再乘以比值 $\rho_{i,t}$（DeepSeek-V3.2 的修正，
+# 使 KL 的梯度对反向 KL 无偏）。比值为 1 时它的数值与上式相同，梯度则不同；下面手算时照 TRL 的做法乘上 $\rho_{i,t}$。
 # CPU 配置做全参数微调，参考模型是 SFT 模型的一份冻结副本；GPU 配置用 LoRA，参考模型就是"关掉适配器"的同一份权重。
 
 # %%
@@ -139,8 +141,9 @@ print("advantages: by hand == labkit == TRL")
 # %% [markdown]
 # **裁剪的目标函数与 k3 KL**：取这组回答在当前策略下的逐 token 对数概率 $\log\pi_\theta$。
 # 每次采样后只更新一次时（TRL 默认 `num_iterations=1`），$\pi_{\theta_{\text{old}}}=\pi_\theta$，比值恒为 1，裁剪永远不起作用。
-# 为了看到裁剪，这里把"旧策略"的对数概率人为扰动一下（模拟策略已经更新过几步），再分别用手算、`labkit` 和 TRL 的
-# `compute_loss` 算同一个损失。参考模型的对数概率取 TRL 算好的 `ref_per_token_logps`。
+# 为了看到裁剪，这里把"旧策略"的对数概率人为扰动一下（模拟策略已经更新过几步）。参考模型同理：训练开始时策略就是参考模型，
+# TRL 算出的 `ref_per_token_logps` 与 $\log\pi_\theta$ 相同、KL 恰为 0，所以也换成一份扰动过的"参考"。
+# 然后分别用手算、`labkit` 和 TRL 的 `compute_loss` 算同一个损失。
 
 # %%
 prompt_len = batch["prompt_ids"].shape[1]
@@ -150,9 +153,11 @@ response_mask = torch.cat([torch.zeros_like(batch["prompt_mask"]), batch["comple
 with torch.no_grad():
     logp = response_logprobs(probe.model, input_ids, attention, response_mask)[:, prompt_len:].float()
 mask = batch["completion_mask"].float()
-ref_logp = batch["ref_per_token_logps"].float()
 gen = torch.Generator().manual_seed(SEED)
 old_logp = (logp + 0.3 * torch.randn(logp.shape, generator=gen)) * mask   # a pretend "old" policy
+ref_logp = (logp + 0.3 * torch.randn(logp.shape, generator=gen)) * mask   # a pretend reference
+print("TRL's reference log-probs equal the policy's at the start:",
+      torch.allclose(batch["ref_per_token_logps"].float() * mask, logp * mask, atol=1e-4))
 eps, beta = 0.2, probe.beta
 
 # by hand, token by token
@@ -161,26 +166,28 @@ ratio = torch.exp(logp - old_logp)
 surrogate = torch.minimum(ratio * A, torch.clamp(ratio, 1 - eps, 1 + eps) * A)
 d = ref_logp - logp
 k3 = torch.exp(d) - d - 1
-per_token = -(surrogate - beta * k3)
+per_token = -(surrogate - beta * ratio * k3)   # TRL 1.16 weighs the KL term by the ratio (see above)
 loss_by_hand = ((per_token * mask).sum(1) / mask.sum(1)).mean()          # mean over tokens, then over G
 clipped = ((ratio < 1 - eps) & (A < 0)) | ((ratio > 1 + eps) & (A > 0))
 
 # labkit
 pg_loss, stats = policy_gradient_loss(logp, old_logp, adv_trl, mask, clip_low=eps, norm="sequence")
-loss_labkit = pg_loss + beta * aggregate_loss(kl_k3(logp, ref_logp), mask, norm="sequence")
+loss_labkit = pg_loss + beta * aggregate_loss(ratio * kl_k3(logp, ref_logp), mask, norm="sequence")
 
 # TRL: the same batch with the pretend old log-probs; eval mode so the loss is not divided for accumulation
 probe.model.eval()
 with torch.no_grad():
-    loss_trl = probe.compute_loss(probe.model, {**batch, "old_per_token_logps": old_logp.to(batch["completion_ids"].device)})
+    device = batch["completion_ids"].device
+    loss_trl = probe.compute_loss(probe.model, {**batch, "old_per_token_logps": old_logp.to(device),
+                                                "ref_per_token_logps": ref_logp.to(device)})
 print(f"clipped tokens: {clipped[mask.bool()].float().mean():.3f} (labkit: {stats['clip_frac']:.3f}); "
       f"mean k3 KL per token: {(k3 * mask).sum() / mask.sum():.5f}")
 print(f"loss  by hand {loss_by_hand:.6f} | labkit {loss_labkit:.6f} | TRL {float(loss_trl):.6f}")
-assert abs(loss_by_hand - loss_labkit) < 1e-5 and abs(float(loss_trl) - float(loss_labkit)) < 1e-3 * max(1, abs(float(loss_trl)))
+assert abs(loss_by_hand - loss_labkit) < 1e-5 and abs(float(loss_trl) - float(loss_labkit)) < 1e-4 * max(1, abs(float(loss_trl)))
 
 # %%
 del probe, policy, batch
-gc.collect()
+_ = gc.collect()
 
 # %% [markdown]
 # ## 第二步：训练前的起点
