@@ -256,7 +256,8 @@ class DynamicSamplingGRPOTrainer(GRPOTrainer):
             for key, count in logged.items():  # keep TRL's metrics about the first sample only
                 del metrics[key][count:]
             extra_prompts += len(dead)
-            live = [g for g in range(len(dead)) if g not in set(extra_dead)]
+            extra_dead = set(extra_dead)
+            live = [g for g in range(len(dead)) if g not in extra_dead]
             if live:
                 batch = replace_groups(batch, dead[:len(live)], extra, live, self.num_generations,
                                        self.processing_class.pad_token_id)

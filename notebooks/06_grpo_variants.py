@@ -157,6 +157,11 @@ heldout = load_problems(profile.dataset, "eval", levels=levels, limit=profile.ev
 print(f"{len(train_set)} training prompts, {len(heldout)} held-out questions (levels {levels or 'all'}); "
       f"{profile.max_steps} steps x {profile.rollout_batch_size} prompts x G = {profile.num_generations}")
 
+def mean_tokens(completions: list[str]) -> float:
+    """Mean completion length in tokens."""
+    return float(np.mean([len(tokenizer(c).input_ids) for c in completions]))
+
+
 histories, results = {}, {}
 for name in VARIANTS:
     torch.manual_seed(SEED)
@@ -172,7 +177,7 @@ for name in VARIANTS:
     steps = [h for h in histories[name] if "reward" in h]
     results[name] = {
         "heldout acc": after.accuracy,
-        "mean len (tokens)": float(np.mean([len(tokenizer(c).input_ids) for c in after.completions])),
+        "mean len (tokens)": mean_tokens(after.completions),
         "train accuracy reward, last 5": float(np.mean([h["rewards/accuracy_reward/mean"] for h in steps[-5:]])),
         "frac_reward_zero_std": float(np.mean([h["frac_reward_zero_std"] for h in steps])),
         "zero-std groups trained on": float(np.mean([h.get("dynamic/frac_zero_std_after", h["frac_reward_zero_std"])
@@ -191,7 +196,7 @@ sft_eval = evaluate_accuracy(sft_model, tokenizer, heldout, profile, desc="eval 
 del sft_model
 table = pd.DataFrame(results).T
 table.loc["SFT (start)", ["heldout acc", "mean len (tokens)"]] = [
-    sft_eval.accuracy, float(np.mean([len(tokenizer(c).input_ids) for c in sft_eval.completions]))]
+    sft_eval.accuracy, mean_tokens(sft_eval.completions)]
 table.round(3)
 
 # %% [markdown]
