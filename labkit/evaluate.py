@@ -14,11 +14,13 @@ from labkit.rewards import accuracy_reward, format_reward
 
 @torch.no_grad()
 def generate_batch(model, tokenizer, prompts: list[str], *, max_new_tokens: int, do_sample: bool = False,
-                   temperature: float = 1.0, eos_token_id: int | None = None) -> tuple[dict, torch.Tensor]:
+                   temperature: float = 1.0, eos_token_id: int | None = None,
+                   num_return_sequences: int = 1) -> tuple[dict, torch.Tensor]:
     """One generate call on already-formatted prompts: (the left-padded prompt batch, the new tokens).
 
     Sampling is plain temperature sampling over the whole vocabulary (top_k=0, top_p=1), whatever
-    a hub model's generation_config suggests; greedy decoding otherwise.
+    a hub model's generation_config suggests; greedy decoding otherwise. With
+    num_return_sequences=n each prompt gets n samples, in rows i*n ... i*n+n-1 of the result.
     """
     model.eval()
     tokenizer.padding_side = "left"
@@ -27,7 +29,7 @@ def generate_batch(model, tokenizer, prompts: list[str], *, max_new_tokens: int,
     batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
     out = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                          eos_token_id=eos_token_id if eos_token_id is not None else tokenizer.eos_token_id,
-                         **sampling)
+                         num_return_sequences=num_return_sequences, **sampling)
     return batch, out[:, batch["input_ids"].shape[1]:]
 
 

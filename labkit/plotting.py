@@ -270,6 +270,75 @@ def plot_bars(
     return fig
 
 
+def plot_curves(
+    panels: Mapping[str, Mapping[str, tuple[Sequence[float], Sequence[float]]]],
+    title: str,
+    xlabel: str | Sequence[str],
+    ylabel: str,
+    *,
+    log2_x: bool = False,
+    dashed: Iterable[str] = (),
+    ncols: int = 3,
+    save: str | Path | None = None,
+) -> Figure:
+    """Lines with markers: one subplot per panel, {label: (xs, ys)} per panel; a label keeps its
+    colour across panels, and a one-point "line" is drawn as a larger marker.
+
+    xlabel: one label for every panel, or one per panel. log2_x: a base-2 log x axis (for
+    N = 1, 2, 4, ... samples, or tokens that double). dashed: labels drawn as dashed lines
+    (e.g. a reference curve that another one lies on).
+    """
+    setup_chinese_font()
+    if not panels or not all(panels.values()):
+        raise PlottingError("panels is empty: pass {'panel title': {'label': ([x...], [y...])}}.")
+    if ncols < 1:
+        raise PlottingError(f"ncols must be >= 1, got {ncols}.")
+    for panel, lines in panels.items():
+        for label, (xs, ys) in lines.items():
+            if len(xs) != len(ys) or not xs:
+                raise PlottingError(f"panel {panel!r}, line {label!r}: xs and ys must be non-empty and "
+                                    f"equally long, got {len(xs)} and {len(ys)}.")
+            bad = [v for v in [*xs, *ys] if not _is_number(v)] + [x for x in xs if log2_x and _is_number(x) and x <= 0]
+            if bad:
+                raise PlottingError(f"panel {panel!r}, line {label!r}: non-numeric or NaN values "
+                                    f"(or x <= 0 on a log axis), e.g. {bad[:3]!r}.")
+    xlabels = [xlabel] * len(panels) if isinstance(xlabel, str) else list(xlabel)
+    if len(xlabels) != len(panels):
+        raise PlottingError(f"got {len(xlabels)} x labels for {len(panels)} panels.")
+    dashed = set(dashed)
+    colours: dict[str, str] = {}
+    for lines in panels.values():
+        for label in lines:
+            colours.setdefault(label, f"C{len(colours) % 10}")
+    ncols = min(ncols, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    legend_room = 2.2 if any(len(lines) > 5 for lines in panels.values()) else 0.0
+    fig, axes = plt.subplots(nrows, ncols, squeeze=False, figsize=(4.8 * ncols + legend_room, 3.6 * nrows),
+                             layout="constrained")
+    axes = axes.ravel()
+    for ax in axes[len(panels):]:
+        fig.delaxes(ax)
+    for ax, (panel, lines), panel_xlabel in zip(axes, panels.items(), xlabels):
+        for label, (xs, ys) in lines.items():
+            single = len(xs) == 1
+            style = "none" if single else "--" if label in dashed else "-"
+            ax.plot(list(xs), list(ys), marker="*" if single else "o", markersize=12 if single else 4,
+                    linestyle=style, color=colours[label], label=label)
+        if log2_x:
+            ax.set_xscale("log", base=2)
+        ax.set_title(panel)
+        ax.set_xlabel(panel_xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if len(lines) > 5:  # a long legend goes beside the axes instead of over the lines
+            ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        else:
+            ax.legend(fontsize="small")
+    fig.suptitle(title)
+    _save(fig, save)
+    return fig
+
+
 def plot_hist(
     groups: Mapping[str, Sequence[float]],
     title: str,

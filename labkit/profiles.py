@@ -120,6 +120,10 @@ LAB_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
                      "t4": {"learning_rate": 2e-5, "rollout_batch_size": 8, "max_steps": 60},
                      "24gb": {"learning_rate": 2e-5, "rollout_batch_size": 8, "max_steps": 80},
                      "80gb": {"learning_rate": 2e-5, "rollout_batch_size": 8, "max_steps": 100}},
+    # Lab 07 (test-time compute) trains nothing: eval_limit = questions of the hard level, each
+    # sampled 32 times, so the GPU profiles sample fewer questions than they evaluate elsewhere.
+    "best_of_n": {"cpu": {}, "t4": {"eval_limit": 64}, "24gb": {"eval_limit": 100},
+                  "80gb": {"eval_limit": 200}},
     "dpo": {"cpu": {"batch_size": 16, "max_steps": 40, "learning_rate": 2e-3},
             "t4": {"batch_size": 2, "grad_accum": 8, "learning_rate": 5e-5},
             "24gb": {"batch_size": 2, "grad_accum": 8, "learning_rate": 5e-5},

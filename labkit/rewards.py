@@ -142,7 +142,7 @@ def extract_answer(text: str) -> str | None:
     return numbers[-1].replace(",", "")
 
 
-def _as_fraction(text: str) -> Fraction | None:
+def as_fraction(text: str) -> Fraction | None:
     """Exact value of a plain number string ("19", "-3", "1,234", "0.5", "3/4"), else None."""
     text = text.strip().translate(_TO_ASCII)
     if _NUMBER_RE.fullmatch(text) is None:
@@ -211,7 +211,7 @@ def answers_match(pred: str | None, gold: str) -> bool:
     if pred is None:
         return False
     gold = str(gold)
-    pred_value, gold_value = _as_fraction(pred), _as_fraction(gold)
+    pred_value, gold_value = as_fraction(pred), as_fraction(gold)
     if pred_value is not None and gold_value is not None:
         return pred_value == gold_value
     return _math_verify_match(pred, gold)

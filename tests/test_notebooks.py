@@ -59,6 +59,9 @@ EXPECTED_METRICS: dict[str, list[str]] = {
     "05_grpo": ["heldout_acc_before", "heldout_acc_after", "reward_start", "reward_end", "kl_end"],
     "06_grpo_variants": [f"{m}_{v}" for v in ("grpo", "dapo", "dr_grpo", "rloo")
                          for m in ("heldout_acc", "mean_len")] + ["dapo_extra_prompts"],
+    "07_test_time_compute": ["pass_at_1", "best_of_16_oracle", "best_of_16_rm", "majority_of_16",
+                             "oracle_gain_16", "grpo_pass_at_1", "rm_miss_rate_16",
+                             "sft_majority_n_to_match_grpo"],
 }
 MIN_VALUES: dict[str, dict[str, float]] = {
     "01_sft": {"heldout_acc_after": 0.8, "format_rate_after": 0.9},
@@ -67,12 +70,16 @@ MIN_VALUES: dict[str, dict[str, float]] = {
     "04_ppo": {"kl_end": 0.05},
     "06_grpo_variants": {"dapo_extra_prompts": 1, "heldout_acc_grpo": 0.5, "heldout_acc_dapo": 0.5,
                          "heldout_acc_dr_grpo": 0.5, "heldout_acc_rloo": 0.5},
+    # The bar: best-of-16 with an exact-answer verifier >= pass@1 + 0.3 on the hard level.
+    "07_test_time_compute": {"oracle_gain_16": 0.3},
 }
 # Metric pairs (larger, smaller): on "cpu" the first must exceed the second.
 MUST_EXCEED: dict[str, list[tuple[str, str]]] = {
     "04_ppo": [("rm_score_end", "rm_score_start")],
     "05_grpo": [("heldout_acc_after", "heldout_acc_before"), ("greedy_acc_after", "greedy_acc_before"),
                 ("reward_end", "reward_start")],
+    "07_test_time_compute": [("best_of_16_oracle", "pass_at_1"), ("majority_of_16", "pass_at_1"),
+                             ("grpo_pass_at_1", "pass_at_1")],
 }
 
 

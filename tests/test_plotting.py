@@ -26,6 +26,7 @@ from labkit.plotting import (  # noqa: E402
     ema,
     history_frame,
     plot_bars,
+    plot_curves,
     plot_hist,
     plot_metrics,
     resolve_metric,
@@ -272,6 +273,40 @@ def test_plot_bars_and_hist(tmp_path):
         plot_bars({}, "t", "y")
     with pytest.raises(PlottingError):
         plot_hist({"a": [1.0, float("nan")]}, "t", "x")
+
+
+def test_plot_curves_panels_colours_styles_and_labels(tmp_path):
+    panels = {"vs N": {"oracle": ([1, 2, 4], [0.6, 0.8, 0.9]), "pass@k": ([1, 2, 4], [0.6, 0.8, 0.9]),
+                       "greedy": ([1], [0.7])},
+              "vs tokens": {"pass@k": ([30, 60, 120], [0.6, 0.8, 0.9])}}
+    fig = plot_curves(panels, "Best-of-N", ["样本数 N", "tokens"], "accuracy", log2_x=True, dashed=["pass@k"],
+                      save=tmp_path / "curves.png")
+    left, right = fig.axes
+    assert [ax.get_xlabel() for ax in (left, right)] == ["样本数 N", "tokens"]
+    assert left.get_xscale() == "log" and left.get_title() == "vs N" and fig._suptitle.get_text() == "Best-of-N"
+    oracle, pass_k, greedy = left.get_lines()
+    assert oracle.get_linestyle() == "-" and pass_k.get_linestyle() == "--"
+    assert greedy.get_linestyle() == "None" and greedy.get_marker() == "*"  # one point: a big marker
+    assert right.get_lines()[0].get_color() == pass_k.get_color()  # a label keeps its colour
+    assert list(oracle.get_ydata()) == [0.6, 0.8, 0.9]
+    assert (tmp_path / "curves.png").stat().st_size > 0
+
+    many = {"p": {f"line {i}": ([1, 2], [i, i + 1]) for i in range(6)}}
+    fig = plot_curves(many, "t", "x", "y")
+    (ax,) = fig.axes
+    fig.canvas.draw()  # a legend of more than 5 lines sits to the right of the axes, not over the lines
+    assert ax.get_legend().get_window_extent().x0 >= ax.get_window_extent().x1
+    assert len(ax.get_legend().get_texts()) == 6
+    fig = plot_curves({"p": {"a": ([1, 2], [1, 2])}}, "t", "x", "y")
+    fig.canvas.draw()
+    assert fig.axes[0].get_legend().get_window_extent().x0 < fig.axes[0].get_window_extent().x1
+
+    for bad, match in [({}, "empty"), ({"p": {}}, "empty"), ({"p": {"a": ([1, 2], [1])}}, "equally long"),
+                       ({"p": {"a": ([1], [float("nan")])}}, "NaN"), ({"p": {"a": ([0, 1], [1, 2])}}, "x <= 0")]:
+        with pytest.raises(PlottingError, match=match):
+            plot_curves(bad, "t", "x", "y", log2_x=True)
+    with pytest.raises(PlottingError, match="2 x labels for 1 panels"):
+        plot_curves({"p": {"a": ([1], [1])}}, "t", ["x", "y"], "y")
 
 
 # ---------------------------------------------------------------- Chinese font

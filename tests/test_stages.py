@@ -469,7 +469,7 @@ class ScriptedModel:
     def generate(self, input_ids, attention_mask, max_new_tokens, pad_token_id, eos_token_id,
                  **sampling):
         assert sampling == {"do_sample": False, "temperature": None, "top_p": None,
-                            "top_k": None}
+                            "top_k": None, "num_return_sequences": 1}
         assert (max_new_tokens, pad_token_id, eos_token_id) == (24, 0, 2)
         self.batches.append(len(input_ids))
         replies = []
