@@ -183,7 +183,10 @@ def best_of_n(samples: Samples, rule: str | Rule, n: int) -> list[float]:
     the result is the share of groups where the pick is right, which uses every sample instead
     of only the first n.
     """
-    rule = RULES[rule] if isinstance(rule, str) else rule
+    if isinstance(rule, str):
+        if rule not in RULES:
+            raise ValueError(f"unknown selection rule {rule!r}; known rules: {sorted(RULES)}")
+        rule = RULES[rule]
     if not 1 <= n <= samples.n:
         raise ValueError(f"n must be between 1 and the {samples.n} samples drawn per question, got {n}")
     groups = samples.n // n

@@ -101,6 +101,8 @@ def test_best_of_n_averages_disjoint_groups():
             bon.best_of_n(samples, "oracle", bad)
     with pytest.raises(ValueError, match="score_samples"):
         bon.best_of_n(samples, "reward_model", 2)
+    with pytest.raises(ValueError, match="unknown selection rule 'best'; known rules"):
+        bon.best_of_n(samples, "best", 2)
 
 
 def test_oracle_at_all_samples_is_any_right_and_mean_pass_at_k():
