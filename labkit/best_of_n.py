@@ -24,8 +24,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from labkit.data import prompt_messages
-from labkit.evaluate import generate_batch
+from labkit.evaluate import chat_prompts, generate_batch, generated_lengths
 from labkit.profiles import Profile
 from labkit.rewards import accuracy_reward, as_fraction, extract_answer
 
@@ -55,15 +54,6 @@ class Samples:
                        correct=pick(self.correct), scores=pick(self.scores))
 
 
-def generated_lengths(new_tokens: torch.Tensor, eos_token_id: int) -> list[int]:
-    """Tokens each row of a generate output really cost: up to and including its first EOS
-    (what follows is padding), or the whole row when it never stopped."""
-    is_eos = new_tokens == eos_token_id
-    stopped = is_eos.any(dim=1)
-    first = is_eos.int().argmax(dim=1) + 1
-    return torch.where(stopped, first, torch.full_like(first, new_tokens.shape[1])).tolist()
-
-
 def sample_n(model, tokenizer, rows: list[dict], profile: Profile, n: int, *, temperature: float = 1.0,
              batch_size: int | None = None, desc: str = "sample") -> Samples:
     """n completions per question at `temperature`, scored against the gold answers.
@@ -78,8 +68,7 @@ def sample_n(model, tokenizer, rows: list[dict], profile: Profile, n: int, *, te
         raise ValueError(f"temperature must be > 0 (got {temperature}): greedy decoding would give "
                          "n copies of one answer")
     per_call = max(1, (batch_size or profile.eval_batch_size) // n)
-    prompts = [tokenizer.apply_chat_template(prompt_messages(r, profile.system_prompt), tokenize=False,
-                                             add_generation_prompt=True) for r in rows]
+    prompts = chat_prompts(tokenizer, rows, profile.system_prompt)
     completions: list[list[str]] = []
     tokens: list[list[int]] = []
     for start in tqdm(range(0, len(rows), per_call), desc=desc):
@@ -223,19 +212,19 @@ def mean_pass_at_k(samples: Samples, k: int) -> float:
 
 def scaling_table(samples: Samples, rules: Iterable[str], ns: Iterable[int]) -> pd.DataFrame:
     """Accuracy and tokens per question for every rule and n: one row per (rule, n, level),
-    where level is "all" or one of the rows' difficulty levels."""
+    where level is "all" or one of the rows' difficulty levels (accuracy and tokens over the
+    questions of that level)."""
     levels = sorted({row["level"] for row in samples.rows})
+    groups = {"all": list(range(len(samples.rows))),
+              **{lvl: [q for q, row in enumerate(samples.rows) if row["level"] == lvl] for lvl in levels}}
     records = []
     for rule in rules:
         for n in ns:
             acc = best_of_n(samples, rule, n)
-            tokens = tokens_per_question(samples, n)
-            records.append({"rule": rule, "n": n, "level": "all", "accuracy": sum(acc) / len(acc),
-                            "tokens": tokens})
-            for level in levels:
-                hits = [a for a, row in zip(acc, samples.rows) if row["level"] == level]
-                records.append({"rule": rule, "n": n, "level": level, "accuracy": sum(hits) / len(hits),
-                                "tokens": tokens})
+            for level, members in groups.items():
+                records.append({"rule": rule, "n": n, "level": level,
+                                "accuracy": sum(acc[q] for q in members) / len(members),
+                                "tokens": tokens_per_question(samples.subset(members), n)})
     return pd.DataFrame.from_records(records)
 
 

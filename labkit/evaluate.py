@@ -12,6 +12,21 @@ from labkit.profiles import Profile
 from labkit.rewards import accuracy_reward, format_reward
 
 
+def chat_prompts(tokenizer, rows: list[dict], system_prompt: str | None = None) -> list[str]:
+    """Each row's question as a chat prompt ending with the assistant header, ready to generate from."""
+    return [tokenizer.apply_chat_template(prompt_messages(r, system_prompt), tokenize=False,
+                                          add_generation_prompt=True) for r in rows]
+
+
+def generated_lengths(new_tokens: torch.Tensor, eos_token_id: int) -> list[int]:
+    """Tokens each row of a generate output really cost: up to and including its first EOS
+    (what follows is padding), or the whole row when it never stopped."""
+    is_eos = new_tokens == eos_token_id
+    stopped = is_eos.any(dim=1)
+    first = is_eos.int().argmax(dim=1) + 1
+    return torch.where(stopped, first, torch.full_like(first, new_tokens.shape[1])).tolist()
+
+
 @torch.no_grad()
 def generate_batch(model, tokenizer, prompts: list[str], *, max_new_tokens: int, do_sample: bool = False,
                    temperature: float = 1.0, eos_token_id: int | None = None,
@@ -77,9 +92,9 @@ def evaluate_accuracy(model, tokenizer, rows: list[dict], profile: Profile, desc
     if samples < 0:
         raise ValueError(f"samples must be 0 (greedy) or a number of samples >= 1, got {samples}")
     rows = [row for row in rows for _ in range(max(samples, 1))]
-    conversations = [prompt_messages(r, profile.system_prompt) for r in rows]
-    completions = generate(model, tokenizer, conversations, max_new_tokens=profile.max_new_tokens,
-                           batch_size=profile.eval_batch_size, do_sample=samples > 0, desc=desc)
+    completions = generate_texts(model, tokenizer, chat_prompts(tokenizer, rows, profile.system_prompt),
+                                 max_new_tokens=profile.max_new_tokens, batch_size=profile.eval_batch_size,
+                                 do_sample=samples > 0, desc=desc)
     correct = accuracy_reward(completions, answer=[r["answer"] for r in rows])
     formatted = format_reward(completions)
     by_level: dict[int, list[float]] = {}

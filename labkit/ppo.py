@@ -36,8 +36,7 @@ from tqdm.auto import trange
 
 from labkit.algorithms import (aligned_logprobs, gae, kl_k1, masked_mean, masked_sum, masked_whiten,
                                pad_right, policy_gradient_loss, token_entropy)
-from labkit.data import prompt_messages
-from labkit.evaluate import generate_batch
+from labkit.evaluate import chat_prompts, generate_batch, generated_lengths
 from labkit.profiles import Profile
 from labkit.rewards import accuracy_reward, format_reward
 
@@ -317,17 +316,16 @@ class PPOTrainer:
         """Sample one response per row (one generate call). Returns right-padded prompt+response
         tensors, the response texts and whether each ended with EOS (False: cut off)."""
         tok, policy, cfg = self.tokenizer, self.model.policy, self.config
-        prompts = [tok.apply_chat_template(prompt_messages(r, self.system_prompt), tokenize=False,
-                                           add_generation_prompt=True) for r in rows]
+        prompts = chat_prompts(tok, rows, self.system_prompt)
         batch, new_tokens = generate_batch(policy, tok, prompts, max_new_tokens=cfg.response_length,
                                            do_sample=True, temperature=cfg.temperature)
+        lengths = generated_lengths(new_tokens, tok.eos_token_id)  # keep EOS, drop what follows
         examples, texts, ended = [], [], []
-        for prompt_ids, prompt_mask, new in zip(batch["input_ids"], batch["attention_mask"], new_tokens):
+        for prompt_ids, prompt_mask, new, length in zip(batch["input_ids"], batch["attention_mask"], new_tokens,
+                                                        lengths):
             prompt = prompt_ids[prompt_mask.bool()].tolist()  # drop the left padding
-            response = new.tolist()
-            stop = response.index(tok.eos_token_id) + 1 if tok.eos_token_id in response else None
-            response = response[:stop] if stop else response  # keep EOS, drop what follows
-            ended.append(stop is not None)
+            response = new[:length].tolist()
+            ended.append(response[-1] == tok.eos_token_id)
             texts.append(tok.decode(response, skip_special_tokens=True))
             examples.append({"input_ids": prompt + response, "attention_mask": [1] * (len(prompt) + len(response)),
                              "response_mask": [0] * len(prompt) + [1] * len(response)})

@@ -77,8 +77,8 @@ import torch
 
 from labkit import best_of_n as bon
 from labkit import metrics
-from labkit.data import LEVELS, load_problems, prompt_messages
-from labkit.evaluate import evaluate_accuracy, generate_batch
+from labkit.data import LEVELS, load_problems
+from labkit.evaluate import chat_prompts, evaluate_accuracy, generate_batch, generated_lengths
 from labkit.models import load_model, load_tokenizer
 from labkit.plotting import plot_curves, plot_hist
 from labkit.reward_model import load_reward_model, oracle_agreement
@@ -103,12 +103,11 @@ print(f"{len(hard_rows)} questions of level {HARD_LEVEL} (headline), {len(other_
 #
 # **(a) 一次 generate 调用采 N 个样本，并数出花了多少 token。** `generate(..., num_return_sequences=N)` 让每个提示在同一批里展开成 N 行，
 # 第 $i$ 个提示的样本在第 $iN\dots iN+N-1$ 行。生成结束于 EOS；之后的位置是填充，不算成本。下面逐行手数到第一个 EOS（含），
-# 与 `labkit.best_of_n.generated_lengths` 对照。
+# 与 `labkit.evaluate.generated_lengths` 对照。
 
 # %%
 policy = load_model(sft_dir, profile)
-demo_prompts = [tokenizer.apply_chat_template(prompt_messages(r, profile.system_prompt), tokenize=False,
-                                              add_generation_prompt=True) for r in hard_rows[:2]]
+demo_prompts = chat_prompts(tokenizer, hard_rows[:2], profile.system_prompt)
 torch.manual_seed(SEED)
 _, new_tokens = generate_batch(policy, tokenizer, demo_prompts, max_new_tokens=profile.max_new_tokens,
                                do_sample=True, temperature=TEMPERATURE, num_return_sequences=4)
@@ -123,8 +122,8 @@ for row_ids in new_tokens.tolist():
 texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
 print("one call:", tuple(new_tokens.shape), "(2 prompts x 4 samples, padded width)")
 print(pd.DataFrame({"prompt": [i // 4 for i in range(8)], "sample": texts, "tokens by hand": by_hand,
-                    "labkit": bon.generated_lengths(new_tokens, tokenizer.eos_token_id)}).to_string())
-assert by_hand == bon.generated_lengths(new_tokens, tokenizer.eos_token_id)
+                    "labkit": generated_lengths(new_tokens, tokenizer.eos_token_id)}).to_string())
+assert by_hand == generated_lengths(new_tokens, tokenizer.eos_token_id)
 
 # %% [markdown]
 # **(b) pass@k 的无偏估计。** 先按公式手算，再用蒙特卡洛验证"从 $n$ 个里随机抽 $k$ 个，至少一个对"的频率；
@@ -195,8 +194,8 @@ print(f"{len(rows)} questions x {MAX_N} samples; mean tokens per sample: "
 # 虚线是 pass@k 的无偏估计，它应与 oracle 规则重合。
 
 # %%
-table = bon.scaling_table(hard, list(bon.RULES), NS)
-curve = table[table.level == "all"]
+table = bon.scaling_table(samples, list(bon.RULES), NS)   # every rule and N, for all and for each level
+curve = table[table.level == HARD_LEVEL]
 pass_k = [bon.mean_pass_at_k(hard, k) for k in NS]
 by_rule = {rule: curve[curve.rule == rule] for rule in bon.RULES}
 plot_curves({"正确率 vs 样本数 N": {**{rule: (NS, list(d.accuracy)) for rule, d in by_rule.items()},
@@ -237,26 +236,25 @@ print(f"pass@1 {pass_at_1:.3f} | best-of-16: oracle {acc16['oracle']:.3f}, RM {a
 # %%
 levels = sorted({r["level"] for r in rows})
 SHOWN = ("oracle", "reward_model", "majority_vote")   # the order of RULES, so each keeps its colour
-level_table = bon.scaling_table(samples, SHOWN, NS)
 plot_curves({f"level {lvl}（{sum(r['level'] == lvl for r in rows)} 题）":
-             {rule: (NS, list(level_table[(level_table.level == lvl) & (level_table.rule == rule)].accuracy))
+             {rule: (NS, list(table[(table.level == lvl) & (table.rule == rule)].accuracy))
               for rule in SHOWN} for lvl in levels},
             title="不同难度等级上的 Best-of-N（SFT 模型）", xlabel="样本数 N", ylabel="准确率 accuracy",
             log2_x=True, ncols=3);
 
 # %%
-def gains(table: pd.DataFrame, groups: list, n: int = 16) -> pd.DataFrame:
+def gains(frame: pd.DataFrame, groups: list, n: int = 16) -> pd.DataFrame:
     """pass@1 and the gain of best-of-n over it, per group, for each rule."""
     out = {}
     for group in groups:
-        part = table[table.level == group]
+        part = frame[frame.level == group]
         base = float(part[(part.rule == "oracle") & (part.n == 1)].accuracy.iloc[0])
         out[group] = {"pass@1": base, **{f"{rule} gain @{n}": float(part[(part.rule == rule) & (part.n == n)].accuracy.iloc[0]) - base
                                          for rule in SHOWN}}
     return pd.DataFrame(out).T.round(3)
 
 
-level_gains = gains(level_table, levels)
+level_gains = gains(table, levels)
 level_gains
 
 # %% [markdown]
@@ -336,6 +334,7 @@ misses[["question", "gold", "picked", "picked_score", "best_right_score", "right
 # 横轴是每道题生成的 token 数：GRPO 的 N=1 与 SFT 的 N=1 花费相当；SFT 要花几倍的 token 才能追上 GRPO？
 
 # %%
+sft_greedy = evaluate_accuracy(policy, tokenizer, hard.rows, profile, desc="SFT greedy").accuracy
 del policy, reward_model
 grpo_policy = load_model(grpo_dir, profile)
 torch.manual_seed(SEED)
@@ -343,8 +342,6 @@ grpo = bon.sample_n(grpo_policy, tokenizer, hard.rows, profile, GRPO_N, temperat
                     desc="GRPO samples")
 grpo_greedy = evaluate_accuracy(grpo_policy, tokenizer, hard.rows, profile, desc="GRPO greedy").accuracy
 del grpo_policy
-sft_greedy = evaluate_accuracy(load_model(sft_dir, profile), tokenizer, hard.rows, profile,
-                               desc="SFT greedy").accuracy
 grpo_ns = [n for n in NS if n <= GRPO_N]
 grpo_table = bon.scaling_table(grpo, ["oracle", "majority_vote"], grpo_ns)
 grpo_curve = grpo_table[grpo_table.level == "all"]

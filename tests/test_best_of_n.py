@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from labkit import best_of_n as bon
-from labkit import tiny
 from labkit.data import load_split
+from labkit.evaluate import generated_lengths
 from labkit.profiles import get_profile
 
 
@@ -50,7 +50,7 @@ def test_generated_lengths_stop_at_the_first_eos():
                         [eos, pad, pad, pad, pad],   # stopped at once
                         [5, 6, 7, 8, 9],          # never stopped: the whole row
                         [5, eos, 6, eos, pad]])   # only the first EOS counts
-    assert bon.generated_lengths(new, eos) == [3, 1, 5, 2]
+    assert generated_lengths(new, eos) == [3, 1, 5, 2]
 
 
 def test_answer_key_groups_equal_numbers():
@@ -177,13 +177,6 @@ def test_score_samples_scores_each_distinct_completion_once(monkeypatch):
     assert scored.scores == [[base + 1, base + 2, base + 1, base + 1],
                              [base + 11, base + 11, base + 13, base + 11]]
     assert samples.scores is None  # the input is not modified
-
-
-@pytest.fixture(scope="module")
-def tiny_policy():
-    rows = load_split("pretrain")[:200]
-    tok = tiny.build_tokenizer("".join(tiny.pretrain_text(r)) for r in rows)
-    return tiny.build_model(tok, seed=0), tok
 
 
 def test_sample_n_makes_one_generate_call_per_batch(tiny_policy, monkeypatch):

@@ -6,8 +6,6 @@ import pytest
 import torch
 from trl import GRPOTrainer, RLOOTrainer
 
-from labkit import tiny
-from labkit.data import load_split
 from labkit.grpo import (VARIANTS, DynamicSamplingGRPOTrainer, GRPOSetupError, accumulation_steps,
                          grpo_config, make_trainer, replace_groups, reward_setup, rl_dataset,
                          zero_std_groups)
@@ -74,13 +72,6 @@ def test_reward_setup_weights_are_exact_in_binary():
     assert [f.__name__ for f in funcs] == ["format_reward", "accuracy_reward", "overlong_penalty"]
     group = torch.tensor([weights[0] * 1.0 + weights[1] * 0.0] * 8, dtype=torch.float32)
     assert float(group.std()) == 0.0    # TRL's isclose(std, 0) needs an exact 0
-
-
-@pytest.fixture(scope="module")
-def tiny_policy():
-    rows = load_split("pretrain")[:200]
-    tok = tiny.build_tokenizer("".join(tiny.pretrain_text(r)) for r in rows)
-    return tiny.build_model(tok, seed=0), tok
 
 
 def test_make_trainer_maps_each_variant_to_trl(tiny_policy, tmp_path):
