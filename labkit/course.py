@@ -2,11 +2,14 @@
 
     python -m labkit.course                      # every notebooks/NN_*.py, in order
     python -m labkit.course 01 03_dpo --profile cpu --out-dir /tmp/run --timeout 1800
+    python -m labkit.course 05 -p SEED=1         # set any parameters-cell name (value read as JSON)
 
 For each notebook the jupytext percent script `NN_name.py` (the source of truth) is turned into
 a notebook and executed by papermill (kernel "python3", cwd = the notebooks directory). With a
 profile other than "auto", papermill injects `PROFILE = <profile>` after the cell tagged
-`parameters`. The kernel gets LABKIT_METRICS_FILE, which `labkit.metrics.record` fills.
+`parameters`, and so is every `-p NAME=VALUE`. The kernel gets LABKIT_METRICS_FILE, which
+`labkit.metrics.record` fills; the metrics are also kept in the notebook metadata
+`labkit.metrics`, so a later run can be compared with the committed one (`compare_notebooks`).
 
 The executed notebook is written to `NN_name.ipynb` in the notebooks directory (or in --out-dir;
 tests and CI use that so the committed files stay untouched), also when it failed, so the
@@ -18,9 +21,15 @@ traceback can be read in place. Before writing it is made diff-friendly and path
 - per-cell timing metadata (papermill start/end/duration, nbclient `execution`) is dropped;
   only the notebook-level `papermill.duration` (seconds, one decimal) stays;
 - cell ids are derived from the cell contents (jupytext would draw random ones);
+- progress-bar widgets (tqdm in Jupyter) become one plain-text line with their final count, and
+  the widget state with its random model ids is dropped: a bar that was closed (leave=False)
+  disappears, as it does in JupyterLab;
 - in all text outputs, machine paths become placeholders: site-packages -> "<site-packages>",
   the virtual environment -> "<venv>", the repository -> "<repo>", the temp dir -> "<tmp>",
   the home directory -> "~".
+
+Re-executing a notebook on the same machine therefore writes the same .ipynb apart from timings
+(papermill.duration, training speeds, elapsed times in progress lines).
 
 A summary (one record per notebook: notebook, status, seconds, metrics, error, profile) goes to
 summary.json next to the written notebooks, or to --summary. The exit status is 1 if any
@@ -31,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import html
 import json
 import os
 import re
@@ -53,6 +63,8 @@ NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 KERNEL_NAME = "python3"
 KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": KERNEL_NAME}
 DROPPED_CELL_TAGS = ("injected-parameters", "papermill-error-cell-tag")
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 
 _NOTEBOOK_RE = re.compile(r"\d\d_\w+")
 _ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -121,11 +133,16 @@ def sanitize_text(text: str, replacements: list[tuple[str, str]]) -> str:
     return text
 
 
-def clean_notebook(nb: nbformat.NotebookNode, replacements: list[tuple[str, str]]) -> None:
-    """Drop papermill's extra cells and timing metadata, set stable ids, sanitize text outputs."""
+def clean_notebook(nb: nbformat.NotebookNode, replacements: list[tuple[str, str]],
+                   metrics: dict | None = None) -> None:
+    """Drop papermill's extra cells and timing metadata, set stable ids, sanitize text outputs,
+    turn progress widgets into text; keep `metrics` in the metadata (`labkit.metrics`)."""
     nb.cells = [c for c in nb.cells if not set(c.metadata.get("tags", [])) & set(DROPPED_CELL_TAGS)]
+    widgets = nb.metadata.pop("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
     seen: dict[str, int] = {}
     for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = [o for o in (_widget_as_text(o, widgets) for o in cell.outputs) if o is not None]
         cell.metadata.pop("papermill", None)
         cell.metadata.pop("execution", None)
         if cell.metadata.get("tags") == []:
@@ -141,8 +158,32 @@ def clean_notebook(nb: nbformat.NotebookNode, replacements: list[tuple[str, str]
         "duration": round(duration, 1) if duration is not None else None,
         "parameters": run.get("parameters", {}),
     }
+    if metrics is not None:
+        nb.metadata["labkit"] = {"metrics": metrics}
     nb.metadata.setdefault("jupytext", {}).setdefault("formats", "ipynb,py:percent")
     nb.metadata["jupytext"].pop("text_representation", None)  # carries jupytext's version: noise
+
+
+def _widget_as_text(output: nbformat.NotebookNode, widgets: dict) -> nbformat.NotebookNode | None:
+    """A tqdm widget output as one text line "<description> <n>/<total>" from its final state;
+    None when the widget was closed (hidden, or not in the saved state). Other outputs pass unchanged."""
+    view = output.get("data", {}).get(WIDGET_VIEW) if output.output_type == "display_data" else None
+    if view is None:
+        return output
+    box = widgets.get(view.get("model_id"))
+    layout = widgets.get(str(box["state"].get("layout", "")).removeprefix("IPY_MODEL_"), {}) if box else {}
+    if box is None or layout.get("state", {}).get("visibility") == "hidden":
+        return None
+    parts = [widgets.get(child.removeprefix("IPY_MODEL_"), {}) for child in box["state"].get("children", [])]
+    text, count = [], ""
+    for part in parts:
+        state = part.get("state", {})
+        if part.get("model_name") == "FloatProgressModel":
+            count = f"{state.get('value', 0):g}/{state.get('max', 0):g}"
+        elif part.get("model_name") == "HTMLModel" and not text:
+            text.append(html.unescape(state.get("value", "")).replace("\u2007", " ").strip())
+    line = " ".join(t for t in [*text, count] if t)
+    return nbformat.v4.new_output("display_data", data={"text/plain": line})
 
 
 def _sanitize_output(output: nbformat.NotebookNode, replacements: list[tuple[str, str]]) -> None:
@@ -166,9 +207,11 @@ def run_notebooks(
     summary_path: str | Path | None = None,
     timeout: float | None = None,
     notebooks_dir: str | Path = NOTEBOOKS_DIR,
+    parameters: dict | None = None,
 ) -> list[dict]:
     """Execute notebooks in order (a failure does not stop the next one); return the summary records.
 
+    `parameters` sets names of the parameters cell (e.g. {"SEED": 1}) in every notebook.
     Prints one progress line per notebook. Writes the executed notebooks to `out_dir` (default:
     the notebooks directory itself) and the records to `summary_path` (default: summary.json in
     the directory the notebooks are written to).
@@ -189,7 +232,7 @@ def run_notebooks(
     width = max(len(p.stem) for p in scripts) + 3
     records = []
     for i, script in enumerate(scripts, start=1):
-        record = run_one(script, profile, out_dir / f"{script.stem}.ipynb", timeout, replacements)
+        record = run_one(script, profile, out_dir / f"{script.stem}.ipynb", timeout, replacements, parameters)
         records.append(record)
         dots = "." * (width - len(script.stem))
         print(f"[{i}/{len(scripts)}] {script.stem} {dots} {_progress_tail(record)}", flush=True)
@@ -200,9 +243,9 @@ def run_notebooks(
 
 
 def run_one(script: Path, profile: str, out_path: Path, timeout: float | None,
-            replacements: list[tuple[str, str]]) -> dict:
+            replacements: list[tuple[str, str]], extra: dict | None = None) -> dict:
     """Execute one percent script with papermill, write the cleaned notebook, return its record."""
-    parameters = {} if profile == "auto" else {"PROFILE": profile}
+    parameters = {**({} if profile == "auto" else {"PROFILE": profile}), **(extra or {})}
     error = None
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="labkit-course-") as tmp:
@@ -228,11 +271,11 @@ def run_one(script: Path, profile: str, out_path: Path, timeout: float | None,
             else:
                 os.environ[METRICS_FILE_ENV] = previous
         seconds = time.perf_counter() - start
+        metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.exists() else {}
         if output_path.exists():  # absent only if execution never started: keep the old notebook
             nb = nbformat.read(output_path, as_version=4)
-            clean_notebook(nb, replacements)
+            clean_notebook(nb, replacements, metrics)
             nbformat.write(nb, out_path)
-        metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.exists() else {}
 
     if error is not None:
         error = sanitize_text(_first_line(error), replacements)
@@ -243,6 +286,7 @@ def run_one(script: Path, profile: str, out_path: Path, timeout: float | None,
         "metrics": metrics,
         "error": error,
         "profile": profile,
+        **({"parameters": extra} if extra else {}),
     }
 
 
@@ -263,7 +307,70 @@ def _format_value(value: float | int | str) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+# --- comparing a run with the committed notebook -------------------------------------------------
+
+COMPARE_MARKER = "NBVAL_CHECK_OUTPUT"   # nbval's marker: this cell's output must match the committed one
+COMPARE_TAG = "nbval-check-output"       # the same as a cell tag
+
+
+def compared_cells(nb: nbformat.NotebookNode) -> dict[int, list[str]]:
+    """{code cell index: its text outputs} for the cells marked to match the committed notebook.
+
+    Consecutive stdout chunks are joined (how a print is split into chunks depends on timing);
+    stderr (warnings, progress) is left out, as nbval does."""
+    marked = {}
+    for i, cell in enumerate(c for c in nb.cells if c.cell_type == "code"):
+        if COMPARE_MARKER not in cell.source and COMPARE_TAG not in cell.metadata.get("tags", []):
+            continue
+        texts: list[str] = []
+        for output in cell.outputs:
+            if output.output_type == "stream":
+                if output.name != "stdout":
+                    continue
+                if texts and texts[-1].startswith("stdout:"):
+                    texts[-1] += output.text
+                else:
+                    texts.append("stdout:" + output.text)
+            elif output.output_type in ("display_data", "execute_result"):
+                texts.append(output.get("data", {}).get("text/plain", ""))
+            elif output.output_type == "error":
+                texts.append(f"{output.ename}: {output.evalue}")
+        marked[i] = texts
+    return marked
+
+
+def compare_notebooks(committed: nbformat.NotebookNode, executed: nbformat.NotebookNode) -> list[str]:
+    """Differences between the marked cells' text outputs of two runs of one notebook (empty: same)."""
+    before, after = compared_cells(committed), compared_cells(executed)
+    problems = []
+    if sorted(before) != sorted(after):
+        problems.append(f"marked cells differ: committed {sorted(before)}, executed {sorted(after)}")
+    for i in sorted(set(before) & set(after)):
+        if before[i] != after[i]:
+            problems.append(f"code cell {i}: committed output {before[i]!r} != executed {after[i]!r}")
+    return problems
+
+
+def committed_metrics(nb: nbformat.NotebookNode) -> dict:
+    """The metrics the run that made `nb` recorded (kept by `clean_notebook`)."""
+    return dict(nb.metadata.get("labkit", {}).get("metrics", {}))
+
+
 # --- command line ---------------------------------------------------------------------------------
+
+def parse_parameters(items: list[str]) -> dict:
+    """["SEED=1", "LABEL=x"] -> {"SEED": 1, "LABEL": "x"}; a value that is not JSON stays text."""
+    parameters = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.isidentifier():
+            raise CourseError(f"a parameter is NAME=VALUE with NAME a Python name, got {item!r}")
+        try:
+            parameters[name] = json.loads(value)
+        except json.JSONDecodeError:
+            parameters[name] = value
+    return parameters
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m labkit.course",
@@ -274,10 +381,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", type=Path, help="write executed notebooks here instead of notebooks/")
     parser.add_argument("--timeout", type=float, help="per-cell execution timeout in seconds")
     parser.add_argument("--notebooks-dir", type=Path, default=NOTEBOOKS_DIR, help="where the NN_name.py files are")
+    parser.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=VALUE",
+                        help="set a parameters-cell name in every notebook, e.g. -p SEED=1 (VALUE as JSON, else text)")
     args = parser.parse_args(argv)
     try:
         records = run_notebooks(args.names or None, profile=args.profile, out_dir=args.out_dir,
-                                summary_path=args.summary, timeout=args.timeout, notebooks_dir=args.notebooks_dir)
+                                summary_path=args.summary, timeout=args.timeout, notebooks_dir=args.notebooks_dir,
+                                parameters=parse_parameters(args.parameter))
     except CourseError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

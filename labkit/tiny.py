@@ -40,9 +40,12 @@ CHAT_TEMPLATE = (
 TINY_MODEL = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4,
                   num_attention_heads=4, num_key_value_heads=2, head_dim=32,
                   max_position_embeddings=256)
+VOCAB_SIZE = 800                  # BPE merges stop here (or earlier, when the text runs out)
+PRETRAIN_BATCH_SIZE = 32
+PRETRAIN_LR = 2e-3
 
 
-def build_tokenizer(texts: Iterable[str], vocab_size: int = 800) -> PreTrainedTokenizerFast:
+def build_tokenizer(texts: Iterable[str], vocab_size: int = VOCAB_SIZE) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE tokenizer on `texts` and wrap it for transformers."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence([
@@ -111,23 +114,14 @@ def reset_chat_embeddings(model: Qwen3ForCausalLM, tokenizer: PreTrainedTokenize
     return ids
 
 
-def _cpu_has_bf16() -> bool:
-    """True when this CPU runs bf16 matmuls natively (AVX512-BF16 or AMX)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def pretrain(model: Qwen3ForCausalLM, tokenizer: PreTrainedTokenizerFast, rows: list[dict], *,
-             steps: int, batch_size: int = 32, lr: float = 2e-3, seed: int = 0,
+             steps: int, batch_size: int = PRETRAIN_BATCH_SIZE, lr: float = PRETRAIN_LR, seed: int = 0,
              log_every: int = 50) -> list[dict]:
     """Train `model` on solved problems; the loss covers only the solution tokens.
 
-    A plain PyTorch loop (AdamW, linear warm-up, cosine decay to 10 %). Uses bf16 autocast when
-    the CPU supports it natively (about 1.6x faster here). Returns a log of {"step", "loss"}.
+    A plain PyTorch loop in fp32 (AdamW, linear warm-up, cosine decay to 10 %). No precision
+    switch depends on the CPU, so the recipe is the same on every machine (the result still
+    differs in the last bits between CPUs: their kernels differ). Returns a log of {"step", "loss"}.
     """
     import math
 
@@ -142,15 +136,12 @@ def pretrain(model: Qwen3ForCausalLM, tokenizer: PreTrainedTokenizerFast, rows: 
     schedule = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * max(0.1, 0.5 * (1 + math.cos(math.pi * s / steps))))
     gen = torch.Generator().manual_seed(seed)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=_cpu_has_bf16())
     log: list[dict] = []
     model.train()
     for step in tqdm(range(steps), desc="pretrain tiny base", leave=False):
         idx = torch.randint(0, len(encoded), (batch_size,), generator=gen).tolist()
         x, y = _pad_batch([encoded[i] for i in idx], tokenizer.pad_token_id)
-        with autocast:
-            loss = model(input_ids=x, attention_mask=(x != tokenizer.pad_token_id).long(),
-                         labels=y).loss
+        loss = model(input_ids=x, attention_mask=(x != tokenizer.pad_token_id).long(), labels=y).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

@@ -94,6 +94,7 @@ print(f"bf16 weights alone: {n_by_hand * 2 / 2**30:.2f} GiB")
 # `check_fits` 只做算术，不加载任何模型；放不下时抛出 `MemoryBudgetError`，并说明改哪里能放下。
 
 # %%
+# NBVAL_CHECK_OUTPUT  (nbval compares this cell's output with the committed one)
 from labkit.memory import MemoryBudgetError, TrainPlan, check_fits, estimate_memory, suggest_fix
 
 t4_vram = int(15.0 * 2**30)
@@ -157,6 +158,7 @@ except HubUnavailableError as err:
 # 分词器是在题目文本上训练的字节级 BPE，**每个数字单独成 token**。下面现场训练一个分词器（不到 1 秒）看看效果。
 
 # %%
+# NBVAL_CHECK_OUTPUT  (nbval compares this cell's output with the committed one)
 from labkit import tiny
 from labkit.data import load_split
 

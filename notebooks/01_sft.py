@@ -22,10 +22,11 @@
 #
 # **前置知识**：实验 00（环境与硬件配置）；PyTorch 基础；交叉熵。
 #
-# **运行时间**：CPU 配置约 2 分钟（基座模型阶段已缓存时；首次构建基座约需 7 分钟，之后复用）。
+# **运行时间**：2 核 CPU 上约 1 分钟（基座模型随课程发布在 `data/stages/cpu/base/`，不需要现场训练）。
 #
-# 本实验的起点是一个"基座模型"（base）：CPU 配置下是本课程自带的微型 Qwen3（约 86 万参数），
+# 本实验的起点是一个"基座模型"（base）：CPU 配置下是本课程自带的微型 Qwen3（参数量见下面的输出），
 # 它在 `data/pretrain.jsonl` 上预训练过，会用纯文本解题，但从未见过对话格式和 `<think>` 标签；
+# 每台机器拿到的都是同一份权重（文件的 sha256 记录在 `stage.json` 里，加载前逐一校验）；
 # GPU 配置下是真实的 Qwen3 模型。SFT 要教会它按课程约定的格式作答：`<think>推理</think>答案`。
 
 # %% tags=["parameters"]
@@ -92,6 +93,7 @@ print(f"base model: {profile.model_id}, {sum(p.numel() for p in model.parameters
 # 注意分词器把每个数字切成单独的 token（`5`,`3`），这让小模型更容易学会逐位算术。
 
 # %%
+# NBVAL_CHECK_OUTPUT  (nbval compares this cell's output with the committed one)
 train_rows = load_problems(profile.dataset, "sft")
 example = sft_messages(train_rows[0], profile.system_prompt)
 rendered = tokenizer.apply_chat_template(example, tokenize=False)
@@ -106,6 +108,7 @@ print(len(ids), "tokens:", [tokenizer.decode([i]) for i in ids][-24:])
 # 取 `</think>` 之后的最后一个数（或 `\boxed{}`），与标准答案做数值等价比较。
 
 # %%
+# NBVAL_CHECK_OUTPUT  (nbval compares this cell's output with the committed one)
 eval_rows = load_problems(profile.dataset, "eval", limit=profile.eval_limit)
 before = evaluate_accuracy(model, tokenizer, eval_rows, profile, desc="eval before SFT")
 print(f"held-out accuracy before SFT: {before.accuracy:.3f}  (format ok: {before.format_rate:.3f})")
@@ -113,7 +116,7 @@ print("by level:", {k: round(v, 3) for k, v in before.by_level.items()})
 print("sample completion:", repr(before.completions[0][:120]))
 
 # %% [markdown]
-# 基座模型没见过对话格式，几乎不会产生 `<think>...</think>答案` 的回复，所以准确率接近 0。
+# 基座模型没见过对话格式，几乎不会产生 `<think>...</think>答案` 的回复（看上面的格式正确率），所以准确率很低。
 # 它真的不会算吗？用它预训练时见过的纯文本格式（题目 + 换行）提问，再看一次：
 
 # %%
@@ -122,7 +125,8 @@ from labkit.evaluate import plain_text_accuracy
 if profile.model_id == "tiny":
     base_plain_acc = plain_text_accuracy(model, tokenizer, eval_rows, max_new_tokens=profile.max_new_tokens,
                                          batch_size=profile.eval_batch_size)
-    print(f"same base model, plain-text prompt: accuracy {base_plain_acc:.3f}")
+    print(f"same base model, plain-text prompt: accuracy {base_plain_acc:.3f} (chat prompt: {before.accuracy:.3f})")
+    metrics.record(heldout_acc_base_plain=round(base_plain_acc, 4))
 
 # %% [markdown]
 # 在微型模型上，纯文本提问的准确率远高于对话格式：基座"会算"，只是不会按对话格式作答。
@@ -147,6 +151,7 @@ print({k: getattr(args, k) for k in ["max_steps", "per_device_train_batch_size",
 # 前缀之后、直到（包括）助手回复的 `<|im_end|>` 为止的 token 是要学习的部分，其余标签为 $-100$。
 
 # %%
+# NBVAL_CHECK_OUTPUT  (nbval compares this cell's output with the committed one)
 def labels_by_hand(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
     """(input_ids, labels) with labels = -100 everywhere except the assistant reply."""
     full = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
@@ -239,13 +244,15 @@ samples
 # %% [markdown]
 # **读结果。** 请对照上面本次运行打印的数字：
 # - SFT 主要改变了"如何作答"：格式正确率从接近 0 升到接近 1，准确率随之大幅上升；
-# - 把 SFT 后的准确率与基座在纯文本格式下的准确率比较：如果前者更低，说明短短几百步的 LoRA
+# - 把 SFT 后的准确率与基座在纯文本格式下的准确率比较：如果前者更低，说明短短 `max_steps` 步（CPU 配置 100 步）的 LoRA
 #   还没有把基座的全部能力迁移到新格式上（可以试试更多步数或更大的学习率，观察变化）；
-# - 按难度看，第 3 级（三步、两位数运算）通常最弱，这为后面的强化学习实验（实验 05）留出提升空间。
+# - 按难度看，第 1 级（一步运算）最高；2、3 级略低，哪一级更低随 `SEED` 而变（见 `benchmarks/spread.md`）。
+#   第 3 级在温度 1 的**采样**下错得最多（实验 07 按等级的 pass@1），这为后面的强化学习实验（实验 05）留出提升空间。
 #
 # 微型模型上的结论只说明机制，不代表大模型上的幅度。
 #
-# 后续实验需要 SFT 模型时调用 `get_stage("sft", profile)`：labkit 用与本实验相同的配方（`labkit.sft`）训练并缓存，
+# 后续实验需要 SFT 模型时调用 `get_stage("sft", profile)`：CPU 配置直接用课程发布的 SFT 阶段（用与本实验相同的配方
+# `labkit.sft` 训练，所以每台机器上的后续实验都从同一个模型出发）；GPU 配置第一次需要时按同一配方训练并缓存。
 # 所以不必先运行本 notebook。
 #
 # ## 练习
@@ -303,5 +310,6 @@ exercises.expect_failure(lambda: check_sft_loss(lambda logp, mask: -(logp * mask
 # %%
 metrics.record(heldout_acc_before=round(before.accuracy, 4), heldout_acc_after=round(after.accuracy, 4),
                format_rate_before=round(before.format_rate, 4), format_rate_after=round(after.format_rate, 4),
+               **{f"heldout_acc_after_level{k}": round(v, 4) for k, v in after.by_level.items()},
                sft_train_seconds=round(sft_seconds, 1))
 metrics.show()

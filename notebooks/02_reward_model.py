@@ -21,9 +21,9 @@
 # 4. 在策略模型新采样的回答上，比较奖励模型与"精确答案判分器"何时意见不一——这正是奖励投机（reward hacking）的种子。
 #
 # **前置知识**：实验 01（SFT）；交叉熵与 sigmoid。本实验需要 SFT 模型：`labkit` 会自动取用
-# 缓存的 SFT 阶段，若不存在则先训练它（约 1 分钟），所以不必先运行实验 01。
+# SFT 阶段（CPU 配置随课程发布；GPU 配置第一次需要时训练并缓存），所以不必先运行实验 01。
 #
-# **运行时间**：CPU 配置约 2 分钟。
+# **运行时间**：2 核 CPU 上约 2 分钟。
 
 # %% tags=["parameters"]
 PROFILE = "auto"      # "auto" | "cpu" | "t4" | "24gb" | "80gb"
@@ -58,6 +58,7 @@ profile = setup(PROFILE, lab="rm", seed=SEED, max_steps=MAX_STEPS, learning_rate
 # CPU 配置对这个 86 万参数的小模型做全参数微调；GPU 配置用 LoRA。
 
 # %%
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -97,6 +98,7 @@ sft_dir = model_path(get_stage("sft", profile))
 # 最后 200 对留作留出集，训练时不用。GPU 配置使用 profile 中 `pref_dataset` 指定的公开数学偏好数据集。
 
 # %%
+# NBVAL_CHECK_OUTPUT  (nbval compares this cell's output with the committed one)
 train_rows = load_preferences(profile.pref_dataset, "train")
 heldout_rows = load_preferences(profile.pref_dataset, "heldout")
 print(f"{len(train_rows)} training pairs, {len(heldout_rows)} held-out pairs")
@@ -156,14 +158,15 @@ loss_by_hand = -F.logsigmoid(r_w - r_l).mean()
 assert torch.allclose(loss_by_hand, bradley_terry_loss(r_w, r_l), atol=1e-6)   # labkit's version agrees
 
 trl_eval = trainer.evaluate()
-print(f"loss      by hand {loss_by_hand.item():.6f}   TRL {trl_eval['eval_loss']:.6f}")
+print(f"loss      by hand {loss_by_hand.item():.6f}   TRL {trl_eval['eval_loss']:.6f}   (log 2 = {np.log(2):.6f})")
 print(f"accuracy  by hand {(r_w > r_l).float().mean().item():.4f}     TRL {trl_eval['eval_accuracy']:.4f}")
 print(f"margin    by hand {(r_w - r_l).mean().item():.6f}   TRL {trl_eval['eval_margin']:.6f}")
 assert abs(loss_by_hand.item() - trl_eval["eval_loss"]) < 1e-4
 assert abs((r_w - r_l).mean().item() - trl_eval["eval_margin"]) < 1e-4
 
 # %% [markdown]
-# 训练前打分头是随机的，所以准确率约为一半、损失约为 $\log 2\approx0.69$ 附近。
+# 训练前打分头是随机的（初始化的数值很小），分数和分差 $r_w-r_l$ 都接近 0，所以损失在 $\log 2\approx0.69$ 附近：
+# 平均分差为正时略低于 $\log 2$，为负时略高（对照上面打印的损失与平均分差）。这一批只有 8 对，准确率只是碰运气。
 #
 # ## 第四步：训练
 #
@@ -183,6 +186,7 @@ rm = trainer.model
 heldout = pair_accuracy(rm, tokenizer, heldout_rows, profile.system_prompt, batch_size=profile.eval_batch_size)
 print(f"held-out pair accuracy: {heldout.accuracy:.3f} on {len(heldout_rows)} pairs")
 print("by rejected kind:", {k: round(v, 3) for k, v in heldout.by_group.items()})
+metrics.record(**{f"rm_acc_{kind}": round(v, 4) for kind, v in heldout.by_group.items()})
 fig = plot_bars({k: v for k, v in heldout.by_group.items()},
                 title="留出偏好对准确率（按 rejected 类型）/ held-out pair accuracy by kind",
                 ylabel="准确率 (0-1)")
@@ -278,9 +282,10 @@ fresh[fresh.correct == 0].sort_values("rm_score", ascending=False).head(6)[
 #
 # ## 第七步：保存为 labkit 阶段
 #
-# 后面的实验（PPO、测试时计算）通过 `get_stage("rm", profile)` 取奖励模型。若本 notebook 用的是阶段的
-# 标准配方（没有改步数、学习率等，`SEED = 0`），就把刚训练的模型存为该阶段；否则 labkit 会在需要时
-# 用同一配方（`labkit.reward_model.train_reward_model`）自己训练一个。
+# 后面的实验（PPO、测试时计算）通过 `get_stage("rm", profile)` 取奖励模型。CPU 配置的 `rm` 阶段随课程发布
+# （同一配方 `labkit.reward_model.train_reward_model`），所以每台机器上的后续实验用的是同一个奖励模型，
+# 本 notebook 训练的模型不替换它。GPU 配置下，若本 notebook 用的是阶段的标准配方（没有改步数、学习率等，
+# `SEED = 0`），就把刚训练的模型存为该阶段；否则 labkit 会在需要时用同一配方自己训练一个。
 
 # %%
 def save_rm(folder):

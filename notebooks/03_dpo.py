@@ -22,7 +22,7 @@
 #
 # **前置知识**：实验 01（SFT）、实验 02（奖励模型与 Bradley–Terry）。SFT 模型由 `labkit` 自动取用或训练。
 #
-# **运行时间**：CPU 配置约 2 分钟。
+# **运行时间**：2 核 CPU 上约 2 分钟。
 
 # %% tags=["parameters"]
 PROFILE = "auto"      # "auto" | "cpu" | "t4" | "24gb" | "80gb"
@@ -67,6 +67,7 @@ profile = setup(PROFILE, lab="dpo", seed=SEED, max_steps=MAX_STEPS, learning_rat
 # （$n$ 为回答 token 数），让分差停在一个目标值，而不是无限增大。
 
 # %%
+# NBVAL_CHECK_OUTPUT  (nbval compares this cell's output with the committed one)
 import numpy as np
 import pandas as pd
 import torch
@@ -253,22 +254,28 @@ def reference_logps(run, dataset, pairs_per_batch: int = 100) -> tuple[float, fl
 
 ref_chosen, ref_rejected = reference_logps(trainer, trainer.eval_dataset)
 print(f"SFT (reference) on held-out pairs: chosen logp {ref_chosen:.2f}, rejected logp {ref_rejected:.2f}")
-for variant, chosen, rejected in results[["variant", "chosen logp", "rejected logp"]].itertuples(index=False):
+metrics.record(ref_chosen_logp=round(ref_chosen, 3), ref_rejected_logp=round(ref_rejected, 3))
+for variant, chosen, rejected, gap in results[["variant", "chosen logp", "rejected logp",
+                                              "log-ratio gap Δh"]].itertuples(index=False):
     direction = "rose" if chosen > ref_chosen else "fell"
     print(f"{variant:<16} chosen logp {direction} ({ref_chosen:.2f} -> {chosen:.2f}), "
           f"rejected logp {ref_rejected:.2f} -> {rejected:.2f}")
+    name = variant.replace("sigmoid β=", "sigmoid_").replace("ipo τ=", "ipo_").replace(".", "p")
+    metrics.record(**{f"chosen_logp_{name}": round(chosen, 3), f"rejected_logp_{name}": round(rejected, 3),
+                      f"gap_{name}": round(gap, 3)})
 
 # %% [markdown]
-# **读结果。** 以下每一点都对应上面本次运行打印的数字：
-# - **训练目标变好了**：留出偏好准确率从 0.5（训练前全是平局）升到表中的值，分差持续增大；
-#   rejected 的对数概率比参考模型低得多，chosen 的对数概率则基本不动或略升——本实验里 DPO 主要靠
-#   **压低 rejected** 拉开分差（文献中还报告过 chosen 也一起下降的 likelihood displacement，可对照表中各行）。
+# **读结果。** 以下每一点都对应上面本次运行打印的数字（方向在 3 个种子 × 两套 CPU 内核上都如此，见 `benchmarks/spread.md`）：
+# - **训练目标变好了**：留出偏好准确率从 0 升到表中的值（训练前策略等于参考，所有分差都是 0；TRL 按 $h_w>h_l$ 严格大于计数，
+#   平局算错，所以曲线从 0 开始），分差持续增大。rejected 的对数概率比参考模型低得多；chosen 的对数概率**也下降了**，
+#   只是降得少——DPO 只要求两者拉开，靠"压低 rejected 多于压低 chosen"也能做到。被偏好的回答自身概率一起下降，
+#   就是文献中说的 likelihood displacement（对照表中各行与上面打印的参考值）。
 # - **β**：β 越小，对参考模型的约束越弱，未缩放的对数比分差 $\Delta h$ 走得越远；β 越大越贴近 SFT 模型。
-#   **IPO** 把分差拉向固定目标，对数概率的变化最温和。
-# - **任务本身变差了**：比较 SFT 与 DPO 的贪心准确率、格式正确率和上面"SFT 对、DPO 错"的例子——
-#   DPO 模型常常只写一两步推理就提前输出 `</think>` 和答案。偏好准确率上升并不意味着生成变好：
-#   DPO 只在**固定的离线回答**上比较概率，从不看策略自己生成的是什么；它压低 rejected 时，
-#   概率质量会流向数据里没出现过的回答（这里是截断的推理）。这正是第 14 章"为什么不直接用 DPO"所说的
+#   **IPO** 把分差拉向固定目标：它的 $\Delta h$ 最小，rejected 的对数概率也降得最少。
+# - **任务本身变差了**：比较 SFT 与 DPO 的贪心准确率和上面"SFT 对、DPO 错"的例子。例子里能看到两种坏法：
+#   给出答案后不停下、又开始新的 `<think>`（所以 DPO 的平均回答长度反而更长），或者把运算符和数字写错。
+#   偏好准确率上升并不意味着生成变好：DPO 只在**固定的离线回答**上比较概率，从不看策略自己生成的是什么；
+#   它压低 rejected 时，概率质量会流向数据里没出现过的回答。这正是第 14 章"为什么不直接用 DPO"所说的
 #   局限：数据天然不成对、离线训练、无法直接利用可验证的标量奖励。实验 05 的 GRPO 会在策略自己的采样上
 #   用判分器训练。
 # - 本实验故意用了较大的学习率和 LoRA，让 40 步内就能看到效果；更小的学习率、更少的步数或更大的 β

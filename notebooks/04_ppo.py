@@ -25,7 +25,7 @@
 # **为什么不用 TRL**：TRL 1.13 起删除了 `PPOTrainer`，所以本课程自带一个短小、可从头读到尾的实现
 # （`labkit/ppo.py`，一个文件），配置项沿用 TRL 旧版 `PPOConfig` 的名字。
 #
-# **运行时间**：CPU 配置约 1.5–2 分钟。
+# **运行时间**：2 核 CPU 上约 2 分钟。
 
 # %% tags=["parameters"]
 PROFILE = "auto"      # "auto" | "cpu" | "t4" | "24gb" | "80gb"
@@ -101,6 +101,7 @@ from labkit.stages import get_stage, model_path
 # 左边是本次运行的配置，右边是 24 GB 显卡配置（Qwen3-1.7B-Base + LoRA）的同样三种算法。
 
 # %%
+# NBVAL_CHECK_OUTPUT  (nbval compares this cell's output with the committed one)
 estimate = preflight(profile, detect(), lab="ppo")   # refuses a config that will not fit, on a GPU
 print(f"estimated peak memory for this run: {estimate.total_bytes / 2**30:.2f} GiB")
 
@@ -127,7 +128,7 @@ memory
 # %% [markdown]
 # ## 第二步：准备策略、参考和奖励模型
 #
-# 训练题目取 `rl.jsonl` 中难度为 `LEVELS` 的题：SFT 模型在 3 级题上采样准确率只有约 0.65，留有提升（和出错）的空间。
+# 训练题目取 `rl.jsonl` 中难度为 `LEVELS` 的题：SFT 模型在 3 级题上远没有全对（第四步开头量出它的采样准确率），留有提升（和出错）的空间。
 
 # %%
 sft_dir = model_path(get_stage("sft", profile))
@@ -290,7 +291,9 @@ fig = plot_metrics(history, ["score", "accuracy", "format"], smooth=0.6,
                    title="奖励模型分数与真实正确率 / RM score vs exact-answer accuracy (training samples)")
 rm_end, acc_sampled_end, texts_after, scores_after = sample_and_score(policy.policy, heldout_rows)
 after = evaluate_accuracy(policy.policy, tokenizer, eval_rows, profile, desc="eval after PPO")
-kl_end = float(np.mean([h["kl"] for h in history[-5:]]))
+kl_start, kl_end = float(np.mean([h["kl"] for h in history[:5]])), float(np.mean([h["kl"] for h in history[-5:]]))
+kl_peak_step = int(np.argmax([h["kl"] for h in history])) + 1
+print(f"KL per response: first 5 steps {kl_start:.3f}, last 5 steps {kl_end:.3f}, largest at step {kl_peak_step}")
 comparison = pd.DataFrame({"before PPO": [rm_start, acc_sampled_start, before.accuracy],
                            "after PPO": [rm_end, acc_sampled_end, after.accuracy]},
                           index=[f"held-out RM score (levels {LEVELS}, sampled)",
@@ -318,14 +321,18 @@ pd.DataFrame({"question": [heldout_rows[i]["question"] for i in top_wrong],
               "RM score": [round(scores_after[i], 2) for i in top_wrong]})
 
 # %% [markdown]
-# **读结果。** 以下判断都以上面本次运行打印的数字为准：
-# - **奖励模型分数上升了**：留出题上采样回答的平均 RM 分数（表第一行）训练后高于训练前；训练曲线上的 `score`
-#   很吵（每步只有一批 64 个回答），平滑后能看出趋势。KL 随训练增长，KL 惩罚（`non_score_reward`）随之变得更负。
-# - **真实正确率没有跟着上升**：比较表中第二、三行。实验 02 已经看到，这个奖励模型分不清"推理里算错一步但前后一致"
-#   的回答和正确回答（两者平均分几乎一样），却会重罚"答案和推理对不上"的回答。PPO 只看得见奖励模型的分数，
-#   于是它朝奖励模型喜欢的方向走，而不一定朝答案正确的方向走——上面那张"高分错答"表就是奖励模型的盲区。
-#   这就是**奖励模型被利用（reward hacking / over-optimization）**：代理奖励上升、真实目标下降。
-# - KL 惩罚限制了偏离的幅度，但本实验的 $\beta$ 不足以阻止这种偏离；增大 `KL_COEF` 会让两条线都变平（见思考题）。
+# **读结果。** 以下判断都以上面本次运行打印的数字为准（3 个种子 × 两套 CPU 内核的范围见 `benchmarks/spread.md`）：
+# - **KL 随训练增长**：最后几步的 KL 明显高于最初几步（上面打印的两个数），KL 惩罚（`non_score_reward`）随之变得更负；
+#   KL 曲线不一定单调，最大值出现在哪一步也随种子而变。
+# - **奖励模型分数几乎没动**：留出题上采样回答的平均 RM 分数（表第一行）训练前后只差零点几，和分数本身的散布相比很小；
+#   3 个种子里有升有降。训练曲线上的 `score` 很吵（每步只有一批 64 个回答），平滑后也看不出稳定的上升。
+#   36 步 PPO、这样小的 KL 预算，还不足以把代理奖励推上去。
+# - **真实正确率没有跟着变好**：比较表中第二、三行。贪心正确率在我们测过的每次运行里都下降了；采样正确率有升有降。
+#   实验 02 已经看到，这个奖励模型分不清"推理里算错一步但前后一致"的回答和正确回答，却会重罚"答案和推理对不上"的回答。
+#   PPO 只看得见奖励模型的分数，于是它朝奖励模型喜欢的方向走，而不一定朝答案正确的方向走——上面那张"高分错答"表
+#   就是奖励模型的盲区。代理奖励上升、真实目标下降的**奖励模型被利用（reward hacking / over-optimization）**
+#   需要更长的训练才看得清；这里能看到的是它的起点：策略离开了 SFT 模型（KL 上升），任务表现却没有变好。
+# - KL 惩罚限制了偏离的幅度；增大 `KL_COEF` 会让策略更贴近 SFT 模型（见思考题）。
 # - 这也是第 14 章讲到 RLVR 与 GRPO 的动机：数学题的答案可以直接验证，用判分器代替奖励模型，就没有这个盲区可钻
 #   （实验 05）。
 #
@@ -394,7 +401,8 @@ exercises.expect_failure(lambda: check_gae(lambda r, v, gamma, lam: [ri - vi for
 # 再把 `LEVELS` 改为 `(1, 2, 3)`：当大部分题目 SFT 模型已经做对时，奖励模型能提供的信号还剩多少？
 
 # %%
-metrics.record(rm_score_start=round(rm_start, 4), rm_score_end=round(rm_end, 4), kl_end=round(kl_end, 4),
+metrics.record(rm_score_start=round(rm_start, 4), rm_score_end=round(rm_end, 4), kl_start=round(kl_start, 4),
+               kl_end=round(kl_end, 4),
                heldout_acc_before=round(before.accuracy, 4), heldout_acc_after=round(after.accuracy, 4),
                sampled_acc_start=round(acc_sampled_start, 4), sampled_acc_end=round(acc_sampled_end, 4),
                ppo_steps=len(history))

@@ -23,7 +23,7 @@
 #
 # **前置知识**：实验 01（SFT）；实验 04 的裁剪目标函数有帮助但不是必须。SFT 模型由 `labkit` 自动取用或训练。
 #
-# **运行时间**：CPU 配置约 3 分钟。
+# **运行时间**：2 核 CPU 上约 3 分钟。
 
 # %% tags=["parameters"]
 PROFILE = "auto"      # "auto" | "cpu" | "t4" | "24gb" | "80gb"
@@ -135,6 +135,7 @@ pd.DataFrame({"completion": [c[:60] for c in completions], "format": rewards_by_
               "A labkit": adv_labkit.numpy().round(4), "A TRL": adv_trl.numpy().round(4)})
 
 # %%
+# NBVAL_CHECK_OUTPUT  (nbval compares this cell's output with the committed one)
 assert np.allclose(adv_by_hand, adv_labkit.numpy(), atol=1e-5) and np.allclose(adv_by_hand, adv_trl.numpy(), atol=1e-4)
 print("advantages: by hand == labkit == TRL")
 
@@ -192,7 +193,8 @@ _ = gc.collect()
 # %% [markdown]
 # ## 第二步：训练前的起点
 #
-# 起点有没有"提升空间"很关键：SFT 模型在 1、2 级题上已经接近 90% 正确，RL 几乎没什么可学。所以在 CPU 配置上，
+# 起点有没有"提升空间"很关键：SFT 模型在 1、2 级题上已经大多做对（见实验 01 按等级的柱状图、实验 07 按等级的 pass@1），
+# RL 几乎没什么可学。所以在 CPU 配置上，
 # 训练与评估都只用 **3 级（最难）** 题；GPU 配置用 GSM8K 的全部题目。评估两种正确率：
 # 贪心解码（每题一个确定的回答），以及温度 1 采样 `EVAL_SAMPLES` 次的平均正确率（pass@1 的估计；RL 优化的正是采样策略的期望奖励）。
 
@@ -246,7 +248,12 @@ reward_end = float(np.mean([h["reward"] for h in steps[-window:]]))
 zero_std_start = float(np.mean([h["frac_reward_zero_std"] for h in steps[:window]]))
 zero_std_end = float(np.mean([h["frac_reward_zero_std"] for h in steps[-window:]]))
 kl_end = float(np.mean([h["kl"] for h in steps[-window:]])) if "kl" in steps[-1] else 0.0
-print(f"mean reward over the first / last {window} steps: {reward_start:.3f} -> {reward_end:.3f}")
+format_start = float(np.mean([h["rewards/format_reward/mean"] for h in steps[:window]]))
+entropy_start = float(np.mean([h["entropy"] for h in steps[:window]]))
+entropy_end = float(np.mean([h["entropy"] for h in steps[-window:]]))
+print(f"mean reward over the first / last {window} steps: {reward_start:.3f} -> {reward_end:.3f} "
+      f"(format reward at the start: {format_start:.3f} of 1)")
+print(f"entropy: {entropy_start:.3f} -> {entropy_end:.3f}")
 print(f"frac_reward_zero_std: {zero_std_start:.3f} -> {zero_std_end:.3f}; KL at the end: {kl_end:.4f}")
 
 # %% [markdown]
@@ -273,11 +280,15 @@ pd.DataFrame([{"question": q["question"][:50], "gold": q["answer"],
               for i, q in enumerate(heldout[:6])])
 
 # %% [markdown]
-# **读数**（CPU 配置，以本次输出为准）：采样正确率的提升明显大于贪心正确率的提升。GRPO 主要是把 SFT 策略已经
-# "有时能做对"的题变得"更常做对"——把概率集中到正确的推理路径上（熵下降也说明了这一点），而不是教会模型新的算术。
-# 这个 1M 参数的小模型在 3 分钟的预算里只能走几十步，所以提升幅度有限；在 GPU 配置上，用 Qwen3 和 GSM8K 训练几百步，效果会大得多。
+# **读数**（CPU 配置，以本次输出为准；3 个种子 × 两套 CPU 内核上方向都一样，见 `benchmarks/spread.md`）：
+# 采样正确率的提升明显大于贪心正确率的提升。GRPO 主要是把 SFT 策略已经"有时能做对"的题变得"更常做对"——
+# 把概率集中到正确的推理路径上（熵下降也说明了这一点），而不是教会模型新的算术。
+# `frac_reward_zero_std` 随训练上升：题目被"做熟"后，越来越多的组全对，不再提供信号。
+# 这个不到 100 万参数的小模型在几分钟的预算里只走了上面打印的那么多步，所以提升幅度有限；GPU 配置（Qwen3 + GSM8K）
+# 的效果本课程还没有测过，不要拿这里的幅度去推断。
 #
-# 若本 notebook 用的是阶段的标准配方（默认参数、SEED=0），训练好的策略会存为 `grpo` 阶段，实验 07 直接取用。
+# CPU 配置的 `grpo` 阶段随课程发布（同一配方），实验 07 用的是它；GPU 配置下，若本 notebook 用的是阶段的标准配方
+# （默认参数、SEED=0），训练好的策略会存为 `grpo` 阶段，实验 07 直接取用。
 
 # %%
 if BETA == GRPO_STAGE_BETA and LOSS_TYPE == "grpo":
@@ -346,5 +357,6 @@ metrics.record(heldout_acc_before=round(sampled_before.accuracy, 4), heldout_acc
                greedy_acc_before=round(greedy_before.accuracy, 4), greedy_acc_after=round(greedy_after.accuracy, 4),
                reward_start=round(reward_start, 4), reward_end=round(reward_end, 4),
                frac_zero_std_start=round(zero_std_start, 4), frac_zero_std_end=round(zero_std_end, 4),
-               kl_end=round(kl_end, 5), grpo_steps=len(steps))
+               kl_end=round(kl_end, 5), format_reward_start=round(format_start, 4),
+               entropy_start=round(entropy_start, 4), entropy_end=round(entropy_end, 4), grpo_steps=len(steps))
 metrics.show()

@@ -22,7 +22,7 @@
 #
 # **前置知识**：实验 05（GRPO）。SFT 模型由 `labkit` 自动取用或训练。
 #
-# **运行时间**：CPU 配置约 3 分钟（四个变体各训练约 30 秒）。
+# **运行时间**：2 核 CPU 上约 3 分钟（四个变体各训练约半分钟）。
 
 # %% tags=["parameters"]
 PROFILE = "auto"      # "auto" | "cpu" | "t4" | "24gb" | "80gb"
@@ -92,6 +92,7 @@ pd.DataFrame([{"variant": name, "what it changes": ALL_VARIANTS[name].descriptio
 # 对每种求平均方式，用自动求导算损失对每个 token 对数概率的梯度，也就是每个 token 被"推"的力度。
 
 # %%
+# NBVAL_CHECK_OUTPUT  (nbval compares this cell's output with the committed one)
 lengths = [4, 16]
 max_len = 16
 mask = torch.zeros(2, max_len)
@@ -121,6 +122,7 @@ demo.round(4)
 # Dr. GRPO 还指出了第二个偏差：除以组内标准差，会放大"几乎全对/全错"的题（标准差小）的权重。用一组奖励看一下：
 
 # %%
+# NBVAL_CHECK_OUTPUT  (nbval compares this cell's output with the committed one)
 rewards = torch.tensor([1.0, 1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0])
 G = 8
 pd.DataFrame({"reward": rewards.numpy(), "GRPO (z-score)": group_advantages(rewards, G).numpy(),
@@ -135,6 +137,7 @@ pd.DataFrame({"reward": rewards.numpy(), "GRPO (z-score)": group_advantages(rewa
 # **clip-higher 对小概率 token 意味着什么**：一次更新后，正优势 token 的新概率最多是旧概率的 $(1+\epsilon_{\text{high}})$ 倍。
 
 # %%
+# NBVAL_CHECK_OUTPUT  (nbval compares this cell's output with the committed one)
 p_old = np.array([0.01, 0.1, 0.5, 0.9])
 pd.DataFrame({"p_old": p_old, "max p_new, eps_high=0.2": np.minimum(p_old * 1.2, 1.0),
               "max p_new, eps_high=0.28": np.minimum(p_old * 1.28, 1.0)}).round(4)
@@ -225,16 +228,41 @@ plot_bars({name: results[name]["heldout acc"] for name in VARIANTS} | {"SFT": sf
           title=f"留出集采样正确率（{len(heldout)} 题 x {EVAL_SAMPLES}）", ylabel="accuracy");
 
 # %% [markdown]
-# **诚实的解读**（本次 CPU 运行；CPU 上结果可复现，换 `SEED` 会变）：
-# - **能看清的是机制**：DAPO 的超长惩罚在奖励分项里是一条略低于 0 的曲线（CPU 上回答约 31 个 token，软上限是 48-16=32）；
-#   动态采样为零方差组补采了新题（表中 `extra prompts`），训练批里"正确率全同"的组比例因此降到接近 0（上面"DAPO 的动态采样"图的中间一幅）；
+# 先把读结果要用的数字算出来：每个变体相对起点 SFT 的正确率差，和评估本身的抽样误差（把每个样本当成独立的伯努利试验，
+# 两个正确率之差的标准误约为 $\sqrt{p_1(1-p_1)/n+p_2(1-p_2)/n}$；同一道题的多个样本并不独立，所以真实误差只会更大）。
+
+# %%
+n_eval = len(heldout) * EVAL_SAMPLES
+budget = profile.max_new_tokens
+penalties = [h["rewards/overlong_penalty/mean"] for h in histories.get("dapo", []) if "rewards/overlong_penalty/mean" in h]
+overlong = float(np.mean(penalties)) if penalties else 0.0
+print(f"DAPO's mean soft overlong penalty per step: {overlong:.4f}")
+readout = pd.DataFrame({name: {
+    "acc - SFT": results[name]["heldout acc"] - sft_eval.accuracy,
+    "std. error of the difference": float(np.sqrt(
+        (results[name]["heldout acc"] * (1 - results[name]["heldout acc"]) + sft_eval.accuracy * (1 - sft_eval.accuracy))
+        / n_eval)),
+    "mean len / budget": results[name]["mean len (tokens)"] / budget,
+    "clip ratio": results[name]["clip ratio"],
+} for name in VARIANTS}).T
+print(f"{n_eval} sampled answers per model; generation budget {budget} tokens")
+readout.round(3)
+
+# %% [markdown]
+# **诚实的解读**（数字以上面两张表为准；CPU 上同一台机器结果可复现，换 `SEED` 或换一台 CPU 会变）：
+# - **能看清的是机制**：DAPO 的超长惩罚在奖励分项里是一条略低于 0 的曲线（只有长度超过软上限
+#   `max_new_tokens` − 缓冲区的少数回答被扣分）；动态采样为零方差组补采了新题（表中 `extra prompts`），训练批里
+#   "正确率全同"的组比例因此降到接近 0（表中 `zero-std groups trained on` 对比 `frac_reward_zero_std`，以及上面"DAPO 的动态采样"图）；
 #   各种求平均方式与优势缩放在第一步已逐 token 算清。
-# - **看不清的是优劣**：每个变体只有 30 步 × 8 道题，是实验 05 训练量的四分之一。本次四个变体的留出集采样正确率都**没有超过**
-#   起点 SFT；GRPO、DAPO、Dr. GRPO 之间相差约 0.02，与评估本身的抽样误差（444 个样本，标准误约 0.02）同一量级；
-#   RLOO 低了约 0.1，但只凭一个种子不能说它更差。回答长度几乎不变（都远短于生成上限），长度偏差没有表现出来；
-#   `num_iterations=1` 时裁剪比例恒为 0，clip-higher 没有起作用。
+# - **能看到的效果与看不清的优劣**：每个变体只训练了 `max_steps` 步、每步 `rollout_batch_size` 道题，远少于实验 05。
+#   把上表 `acc - SFT` 与它的标准误比较。在我们测过的 3 个种子 × 两套 CPU 内核上（`benchmarks/spread.md`），
+#   四个变体的留出集采样正确率都高于起点 SFT，DAPO 每次都最高；但 DAPO 的动态采样额外生成了表中 `extra prompts`
+#   道题的回答（其他变体每个只有 `max_steps × rollout_batch_size` 道题），这份多花的采样算力要算进比较里。
+#   GRPO、Dr. GRPO、RLOO 三者之间只差一两个标准误，和评估的抽样噪声分不开，排序随种子而变，不能说谁更好。
+#   回答长度都明显短于生成上限（`mean len / budget`），长度偏差没有机会表现出来；`num_iterations=1` 时裁剪比例恒为 0，
+#   clip-higher 没有起作用。
 # - DAPO 论文的消融表（AIME 上逐项叠加、每项几个点）来自 32B 模型和几千步训练，本实验既不能复现，也不声称复现。
-#   在 GPU 配置（Qwen3 + GSM8K、几百步、几百 token 的回答）上重跑，长度与熵的差别才有机会显现。
+#   要看到长度与熵的差别，需要更长的回答和更多的训练步数（例如 GPU 配置），本课程还没有在那里测过。
 
 # %% [markdown]
 # ## 练习
@@ -303,5 +331,9 @@ exercises.expect_failure(lambda: check_overlong(lambda length, max_len, cache: -
 metrics.record(**{f"heldout_acc_{name}": round(results[name]["heldout acc"], 4) for name in VARIANTS},
                **{f"mean_len_{name}": round(results[name]["mean len (tokens)"], 2) for name in VARIANTS},
                heldout_acc_sft=round(sft_eval.accuracy, 4),
+               **{f"clip_ratio_{name}": round(results[name]["clip ratio"], 4) for name in VARIANTS},
+               dapo_overlong_penalty=round(overlong, 4),
+               dapo_zero_std_trained=round(results["dapo"]["zero-std groups trained on"], 4) if "dapo" in results else 0.0,
+               dapo_zero_std_sampled=round(results["dapo"]["frac_reward_zero_std"], 4) if "dapo" in results else 0.0,
                dapo_extra_prompts=int(results["dapo"]["extra prompts"]) if "dapo" in results else 0)
 metrics.show()

@@ -22,9 +22,10 @@
 # 4. 比较两种花算力的方式：SFT 模型 + Best-of-N（推理时）对 GRPO 训练后的模型 N=1（训练时），按相同 token 预算对齐；
 # 5. 看奖励模型当裁判时会犯什么错：它有多常把一个**错误**答案打成最高分。
 #
-# **前置知识**：实验 01（SFT）、02（奖励模型）、05（GRPO）。三个模型都由 `labkit` 的阶段（stage）自动取用，缺了就现场训练。
+# **前置知识**：实验 01（SFT）、02（奖励模型）、05（GRPO）。三个模型都由 `labkit` 的阶段（stage）自动取用：
+# CPU 配置随课程发布（`data/stages/cpu/`），GPU 配置缺了就现场训练。
 #
-# **运行时间**：CPU 配置约 2 分钟（阶段已缓存时）。
+# **运行时间**：2 核 CPU 上约 1.5 分钟。
 
 # %% tags=["parameters"]
 PROFILE = "auto"      # "auto" | "cpu" | "t4" | "24gb" | "80gb"
@@ -130,6 +131,7 @@ assert by_hand == generated_lengths(new_tokens, tokenizer.eos_token_id)
 # 然后模拟很多道真实正确率为 $p$ 的题，比较无偏估计与代入式 $1-(1-c/n)^k$ 的平均值和真值 $1-(1-p)^k$。
 
 # %%
+# NBVAL_CHECK_OUTPUT  (nbval compares this cell's output with the committed one)
 n, c, k = 32, 5, 8
 by_formula = 1 - math.comb(n - c, k) / math.comb(n, k)
 rng = np.random.default_rng(SEED)
@@ -220,8 +222,8 @@ print(f"pass@1 {pass_at_1:.3f} | best-of-16: oracle {acc16['oracle']:.3f}, RM {a
 # - **oracle** 一路上升，与 pass@k 重合：只要有一个可靠的验证器，多采样就能把正确率推到接近 1。这是上界。
 # - **多数投票**不需要任何裁判。N=2 时它没有收益：两票不同就是平票，平票取先出现的答案，等于只看第一个样本；
 #   从 N=4 起才开始提升，随后变平——它收敛到模型"最常给出的答案"。小模型的错误很有系统性（同一道题常常错成同一个数），
-#   这时投票再多也改不过来。对照第六步的贪心解码：在 CPU 配置上，一个贪心回答的正确率与多数投票 32 票相当甚至更高，
-#   因为贪心解码近似给出的也是"最可能的答案"。
+#   这时投票再多也改不过来。对照第六步的贪心解码：在 CPU 配置上，一个贪心回答的正确率与多数投票 32 票相当
+#   （两者相差不到 0.02，3 个种子都如此），因为贪心解码近似给出的也是"最可能的答案"。
 # - **奖励模型**选择：把上表中 RM 一列与 N=1 比较。如果它随 N 增大反而下降，就是**奖励模型过优化**（Gao et al., 2022）：
 #   候选越多，越容易找到一个"RM 喜欢但其实错了"的回答。第五步专门看这些回答。
 # - **加权投票**让 RM 只在"票"之间做加权，RM 的偏好被多数意见稀释，比单纯取 RM 最高分稳得多；但 RM 的判断本身有偏，
@@ -285,10 +287,11 @@ band_gains = gains(band_table, nonempty, n=half)
 band_gains
 
 # %% [markdown]
-# **读数**（以上面两张表为准）：按数据集等级看，等级越高（模型越常出错），oracle 与多数投票的提升越大，而 RM 选择在每一级都低于 pass@1——1、2 级题模型的 pass@1 已接近 0.9，
-# 按讲义的定义它们都是"简单"题，能提升的空间本来就小；难度 3 的 pass@1 落在讲义的"中等"区间。
+# **读数**（以上面两张表为准；3 个种子 × 两套 CPU 内核上都如此，见 `benchmarks/spread.md`）：按数据集等级看，
+# 等级越高（模型越常出错），oracle 与多数投票的提升越大，而 RM 选择在每一级都低于 pass@1。1 级题的 pass@1 在 0.9 以上，
+# 按讲义的定义属于"简单"题，能提升的空间本来就小；2、3 级题落在（或刚好在边上）讲义的"中等"区间。
 # 按模型自身 pass@1 分档后能看到讲义说的"困难"档：
-# - 有 **oracle** 时，困难题的提升往往最大——哪怕只有几个样本做对，只要验证器能认出来就行；
+# - 有 **oracle** 时，中等和困难两档的提升都远大于简单档——哪怕只有几个样本做对，只要验证器能认出来就行；
 # - 没有验证器、靠**多数投票**时，困难题几乎得不到提升甚至下降（错误答案才是多数），收益集中在**中等**题——这与讲义的说法一致。
 # 讲义的结论是对"有限的、不完美的"选择方式而言的；有一个完美验证器时，规律会不同。
 
@@ -381,10 +384,12 @@ else:
 
 # %% [markdown]
 # **读数**（以上面的输出为准）：GRPO 把 SFT 模型"有时能做对"的题变成"更常做对"，所以它一个样本的正确率高于 SFT 一个样本的；
-# SFT 要靠多数投票追平，需要多花好几倍的 token——而且每次推理都要付这笔钱，GRPO 的训练成本只付一次。
+# SFT 要靠多数投票追平，要到很大的 N（上面打印的 N 与 token 倍数；有的种子在 `MAX_N` 以内都追不上）——
+# 而且每次推理都要付这笔钱，GRPO 的训练成本只付一次。
 # 反过来，两者并不互斥：GRPO 策略本身也能再做多数投票或 Best-of-N。有完美验证器时（oracle），推理时算力的潜力远大于这点训练；
 # 现实中验证器不完美（第五步），这个上界拿不到。
-# 这里的 GRPO 只在 CPU 上训练了 64 步；这张图只说明这个小模型上的交换关系，不能外推到真实模型的数字。
+# 这里的 GRPO 是 CPU 配置的 `grpo` 阶段，按实验 05 的配方只训练了几十步（步数记在 `data/stages/cpu/grpo/stage.json`）；
+# 这张图只说明这个小模型上的交换关系，不能外推到真实模型的数字。
 
 # %% [markdown]
 # ## 练习
@@ -463,6 +468,10 @@ metrics.record(pass_at_1=round(pass_at_1, 4), best_of_16_oracle=round(acc16["ora
                grpo_pass_at_1=round(grpo_pass_at_1, 4), grpo_greedy=round(grpo_greedy, 4),
                grpo_majority_at_max_n=round(grpo_by_n[max(grpo_ns)], 4),
                sft_majority_n_to_match_grpo=n_to_match, tokens_per_sample=round(sft_tokens, 2),
-               **{f"majority_gain_level{lvl}": float(level_gains.loc[lvl, "majority_vote gain @16"]) for lvl in levels},
-               **{f"majority_gain_{band}": float(band_gains.loc[band, f"majority_vote gain @{half}"]) for band in nonempty})
+               majority_of_max_n=round(float(by_rule["majority_vote"].accuracy.iloc[-1]), 4),
+               **{f"pass_at_1_level{lvl}": float(level_gains.loc[lvl, "pass@1"]) for lvl in levels},
+               **{f"{rule}_gain_level{lvl}": float(level_gains.loc[lvl, f"{rule} gain @16"])
+                  for lvl in levels for rule in SHOWN},
+               **{f"{rule}_gain_{band}": float(band_gains.loc[band, f"{rule} gain @{half}"])
+                  for band in nonempty for rule in SHOWN})
 metrics.show()

@@ -20,7 +20,8 @@ import nbformat
 import pytest
 
 from labkit import course
-from labkit.course import CourseError, main, path_replacements, resolve_names, run_notebooks, sanitize_text
+from labkit.course import (CourseError, compare_notebooks, committed_metrics, main, parse_parameters,
+                           path_replacements, resolve_names, run_notebooks, sanitize_text)
 
 BAD = '''# %% tags=["parameters"]
 PROFILE = "auto"
@@ -50,6 +51,15 @@ print(os.getcwd())
 print(os.path.expanduser("~"), tempfile.gettempdir())
 import labkit
 print(labkit.__file__)
+
+# %%
+# NBVAL_CHECK_OUTPUT
+from tqdm.auto import tqdm
+for _ in tqdm(range(3), desc="kept"):
+    pass
+for _ in tqdm(range(2), desc="closed", leave=False):
+    pass
+print("seed", SEED)
 
 # %% tags=["solution"]
 from labkit import metrics
@@ -137,6 +147,38 @@ def test_written_notebook_metadata(cpu_run):
     assert all(cell.execution_count is not None for cell in nb.cells if cell.cell_type == "code")
 
 
+def test_progress_widgets_become_text_and_metrics_are_kept(cpu_run):
+    text = (cpu_run["out_dir"] / "02_good.ipynb").read_text(encoding="utf-8")
+    nb = nbformat.reads(text, as_version=4)
+    assert "widgets" not in nb.metadata and "widget-view" not in text and "model_id" not in text
+    outputs = nb.cells[3].outputs
+    assert [o.output_type for o in outputs] == ["display_data", "stream"]   # the closed bar is gone
+    assert outputs[0].data == {"text/plain": "kept: 100% 3/3"}
+    assert outputs[1].text == "seed 0\n"
+    assert committed_metrics(nb) == {"acc": 0.8612345, "profile": "cpu", "n": 3}
+
+
+def test_parameters_reach_the_notebook_and_marked_outputs_are_compared(cpu_run, tmp_path):
+    code, _, _ = _run_main(["02", "--notebooks-dir", str(cpu_run["notebooks"]), "--out-dir", str(tmp_path),
+                            "--profile", "cpu", "-p", "SEED=3"])
+    assert code == 0
+    first = nbformat.read(cpu_run["out_dir"] / "02_good.ipynb", as_version=4)
+    second = nbformat.read(tmp_path / "02_good.ipynb", as_version=4)
+    assert second.metadata.papermill.parameters == {"PROFILE": "cpu", "SEED": 3}
+    assert compare_notebooks(first, first) == []
+    [difference] = compare_notebooks(first, second)      # only the marked cell is compared
+    assert difference.startswith("code cell 2:") and "seed 0" in difference and "seed 3" in difference
+    assert json.loads((tmp_path / "summary.json").read_text())[0]["parameters"] == {"SEED": 3}
+
+
+def test_parse_parameters():
+    assert parse_parameters(["SEED=1", "NAME=abc", "X=[1, 2]", "T=0.5"]) == \
+        {"SEED": 1, "NAME": "abc", "X": [1, 2], "T": 0.5}
+    for bad in ("SEED", "1X=2", "=3"):
+        with pytest.raises(CourseError, match="NAME=VALUE"):
+            parse_parameters([bad])
+
+
 def test_outputs_are_sanitized(cpu_run):
     good = (cpu_run["out_dir"] / "02_good.ipynb").read_text(encoding="utf-8")
     bad = (cpu_run["out_dir"] / "01_bad.ipynb").read_text(encoding="utf-8")
@@ -218,3 +260,15 @@ def test_path_replacements_cover_this_machine(tmp_path):
     lengths = [len(path) for path, _ in path_replacements(tmp_path)]
     assert lengths == sorted(lengths, reverse=True)
     assert sanitize_text(pytest.__file__, path_replacements(tmp_path)) == "<site-packages>/pytest/__init__.py"
+
+
+def test_compare_joins_stdout_chunks_and_ignores_stderr():
+    def notebook(*outputs):
+        cell = nbformat.v4.new_code_cell("# NBVAL_CHECK_OUTPUT\nprint(1)")
+        cell.outputs = [nbformat.v4.new_output("stream", name=name, text=text) for name, text in outputs]
+        return nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1"), cell])
+
+    one_chunk = notebook(("stdout", "a\nb\n"))
+    assert compare_notebooks(one_chunk, notebook(("stdout", "a\n"), ("stderr", "warning\n"), ("stdout", "b\n"))) == []
+    [difference] = compare_notebooks(one_chunk, notebook(("stdout", "a\nc\n")))
+    assert difference.startswith("code cell 1:")

@@ -71,3 +71,23 @@ def test_torch_is_installed_only_when_missing(lab, monkeypatch, tmp_path):
     calls.clear()
     lab.install("python", ["test"])
     assert calls == []
+
+
+def test_course_checks_the_stages_then_runs_the_notebooks(lab, monkeypatch):
+    """`course` makes sure the stages are there (shipped on cpu), and `--refresh-stages` first ships
+    the stale ones; the rest of the arguments go to labkit.course. `test` runs pytest once over tests/."""
+    commands = []
+
+    class Done:
+        returncode = 0
+
+    monkeypatch.setattr(lab, "ensure_env", lambda extras: "py")
+    monkeypatch.setattr(lab, "run", lambda cmd, **kw: commands.append(cmd))
+    monkeypatch.setattr(lab.subprocess, "run", lambda cmd, **kw: commands.append(cmd) or Done())
+    assert lab.main(["course", "01", "--profile", "cpu", "--refresh-stages", "-p", "SEED=1"]) == 0
+    assert commands == [["py", "-m", "labkit.stages", "ship"],
+                        ["py", "-m", "labkit.stages", "build", "--profile", "cpu"],
+                        ["py", "-m", "labkit.course", "01", "--profile", "cpu", "-p", "SEED=1"]]
+    commands.clear()
+    assert lab.main(["test", "-m", "not notebook"]) == 0
+    assert commands == [["py", "-m", "pytest", "tests", "-p", "no:cacheprovider", "-m", "not notebook"]]

@@ -1,13 +1,20 @@
 """Tests for labkit.stages, labkit.sft, labkit.models and labkit.evaluate.
 
-Fast tests use fake builders. The end-to-end part builds the real base and SFT stages once, on
-tiny settings (300 pretraining rows, 20 pretraining steps, 40 SFT rows, 5 SFT steps), then
-loads them with the same code the notebooks use and evaluates on 8 held-out rows.
+Fast tests use fake builders (caching, shipped stages, damaged files, recipe changes, locks). The
+end-to-end part builds every real stage once on a shortened schedule (300 pretraining rows, 20
+pretraining steps, 40 SFT rows, 5 SFT steps; a few reward-model and one GRPO step), then loads
+them with the same code the notebooks use and evaluates on 8 held-out rows. The kit's own shipped
+stages are tested in tests/test_shipped_stages.py.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -23,7 +30,7 @@ from labkit.evaluate import EvalResult, evaluate_accuracy
 from labkit.profiles import PROFILES, get_profile
 
 REPO_DATA = Path(__file__).resolve().parent.parent / "data"
-SMALL = {"pretrain": 300, "sft": 40, "prefs": 20, "eval": 8}
+SMALL = {"pretrain": 300, "sft": 40, "prefs": 20, "rl": 20, "eval": 8}
 # The SFT stage reads its settings through LAB_OVERRIDES (stages use the canonical profile).
 TINY_SFT = {"sft": {"cpu": {"max_steps": 5, "batch_size": 4}}}
 
@@ -39,7 +46,9 @@ def copy_data(dest: Path, sizes: dict[str, int] = SMALL) -> Path:
 
 @pytest.fixture
 def cache(monkeypatch, tmp_path) -> Path:
+    """An empty cache and no shipped stages (the kit's own ones are tested separately)."""
     monkeypatch.setenv("LABKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(stages, "SHIPPED_DIR", tmp_path / "shipped")
     return tmp_path / "cache"
 
 
@@ -69,8 +78,11 @@ def test_stage_is_built_once_then_cached(fakes, cache):
     assert path == cache / "cpu" / f"base-{stages.stage_key('base', profile)}"
     assert path == stages.stage_dir("base", profile)
     info = json.loads((path / "stage.json").read_text(encoding="utf-8"))
-    assert set(info) == {"stage", "profile", "seconds", "fake"}
+    assert set(info) == {"stage", "profile", "key", "recipe", "upstream", "files", "built_with", "seconds", "fake"}
     assert (info["stage"], info["profile"], info["fake"]) == ("base", "cpu", "base")
+    assert info["key"] == stages.stage_key("base", profile) and info["recipe"] == stages.recipe("base", profile)
+    assert info["files"] == {"weights.txt": {"sha256": hashlib.sha256(b"base").hexdigest(), "bytes": 4}}
+    assert info["upstream"] == {} and info["built_with"]["torch"] == torch.__version__
     assert (path / "weights.txt").read_text(encoding="utf-8") == "base"
     mtime = (path / "stage.json").stat().st_mtime_ns
 
@@ -321,6 +333,7 @@ def world(tmp_path_factory):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LABKIT_CACHE", str(root / "cache"))
+        mp.setattr(stages, "SHIPPED_DIR", root / "shipped")
         mp.setattr(labkit.data, "DATA_DIR", data_dir)
         mp.setattr(stages, "BASE_PRETRAIN_STEPS", 20)
         mp.setattr(profiles, "LAB_OVERRIDES", TINY_SFT)
@@ -585,3 +598,134 @@ def test_rm_stage_builds_on_the_sft_stage(world, monkeypatch):
     tokenizer = models.load_tokenizer(path, padding_side="right")
     rm = reward_model.load_reward_model(path, world.profile, tokenizer)
     assert rm.config.num_labels == 1 and rm.config.pad_token_id == tokenizer.pad_token_id
+
+
+def test_grpo_stage_builds_on_the_sft_stage(world, monkeypatch):
+    """The grpo builder end to end on a shortened schedule: one RL step of 2 prompts x 2 samples."""
+    monkeypatch.setattr(profiles, "LAB_OVERRIDES", {**TINY_SFT, "grpo": {"cpu": {
+        "lora_rank": 0, "max_steps": 1, "rollout_batch_size": 2, "num_generations": 2, "batch_size": 4,
+        "max_new_tokens": 8, "learning_rate": 1e-4}}})
+    path = stages.get_stage("grpo", world.profile)
+    assert [name for name, _ in world.builds][-1] == "grpo"
+    info = stages.stage_info("grpo", world.profile)
+    assert info["upstream"] == {"sft": stages.stage_digest(world.sft)}
+    assert [e["step"] for e in info["log_history"] if "loss" in e] == [1]
+    policy = models.load_model(path, world.profile)
+    assert type(policy) is Qwen3ForCausalLM and "adapter_config.json" not in {p.name for p in path.iterdir()}
+    assert all(torch.isfinite(p).all() for p in policy.parameters())
+
+
+# ---------------------------------------------------------------- shipped stages (fake builders)
+
+
+def _ship_fakes(names=("base", "sft")) -> dict[str, Path]:
+    """Ship fake stages, then empty the cache they were built in (as on a fresh clone)."""
+    stages.ship(list(names))
+    shutil.rmtree(stages.cache_dir())
+    return {name: stages.shipped_dir(name, get_profile("cpu")) for name in names}
+
+
+def test_shipped_stage_is_used_without_building(fakes, cache, tmp_path, capsys):
+    shipped = _ship_fakes()
+    assert [c[0] for c in fakes] == ["base", "sft"]
+    assert shipped["sft"] == tmp_path / "shipped" / "cpu" / "sft"
+    info = json.loads((shipped["sft"] / "stage.json").read_text(encoding="utf-8"))
+    assert info["upstream"] == {"base": stages.stage_digest(shipped["base"])}
+    assert stages.shipped_problems() == {name: f"{tmp_path / 'shipped' / 'cpu' / name} is missing"
+                                         for name in ("rm", "grpo")}
+    capsys.readouterr()
+    assert stages.get_stage("sft", get_profile("cpu", max_steps=3)) == shipped["sft"]
+    assert len(fakes) == 2 and capsys.readouterr().out == ""
+    assert stages.ship(["base", "sft"]) == []              # current: nothing to refresh
+
+
+@pytest.mark.parametrize("damage, says", [
+    (lambda f: f.write_bytes(b"\0" * f.stat().st_size), "fails its sha256 check"),
+    (lambda f: f.write_bytes(f.read_bytes()[:-1]), "has 3 bytes instead of 4"),
+    (lambda f: f.unlink(), "weights.txt is missing"),
+])
+def test_damaged_shipped_stage_is_rebuilt_saying_so(fakes, cache, capsys, damage, says):
+    shipped = _ship_fakes(["base"])
+    damage(shipped["base"] / "weights.txt")
+    capsys.readouterr()
+    path = stages.get_stage("base", get_profile("cpu"))
+    out = capsys.readouterr().out
+    assert path == stages.stage_dir("base", get_profile("cpu")) and len(fakes) == 2
+    assert says in out and "git checkout -- " in out and "building stage 'base'" in out
+    assert says in stages.shipped_problems()["base"]
+
+
+def test_damaged_cached_stage_is_rebuilt_saying_so(fakes, cache, capsys):
+    path = stages.get_stage("base", get_profile("cpu"))
+    (path / "weights.txt").write_bytes(b"NaNs")           # same size, other bytes
+    capsys.readouterr()
+    assert stages.get_stage("base", get_profile("cpu")) == path
+    assert "the cached stage 'base'" in capsys.readouterr().out and len(fakes) == 2
+    assert (path / "weights.txt").read_text(encoding="utf-8") == "base"
+
+
+def test_changed_recipe_is_not_served_by_the_shipped_stage(fakes, cache, capsys, monkeypatch):
+    _ship_fakes()
+    monkeypatch.setattr(stages, "BASE_PRETRAIN_STEPS", stages.BASE_PRETRAIN_STEPS + 1)
+    problems = stages.shipped_problems()
+    assert "another recipe" in problems["base"] and problems["sft"] == "a stage it is built on is not current"
+    capsys.readouterr()
+    stages.get_stage("sft", get_profile("cpu"))
+    out = capsys.readouterr().out
+    assert [c[0] for c in fakes] == ["base", "sft", "base", "sft"]
+    assert "python -m labkit.stages ship base" in out
+
+
+def test_stage_built_on_another_upstream_is_not_used(fakes, cache, capsys, monkeypatch):
+    shipped = _ship_fakes()
+    (shipped["base"] / "weights.txt").write_text("BASE", encoding="utf-8")  # a refreshed base, same recipe
+    info = json.loads((shipped["base"] / "stage.json").read_text(encoding="utf-8"))
+    info["files"] = stages.file_records(shipped["base"])
+    (shipped["base"] / "stage.json").write_text(json.dumps(info), encoding="utf-8")
+    assert stages.shipped_problems()["sft"].startswith("it was built on another 'base' stage")
+    capsys.readouterr()
+    assert stages.get_stage("sft", get_profile("cpu")) == stages.stage_dir("sft", get_profile("cpu"))
+    assert [c[0] for c in fakes] == ["base", "sft", "sft"]
+    assert stages.ship(["sft"]) == ["sft"] and set(stages.shipped_problems()) == {"rm", "grpo"}
+
+
+def test_publish_stage_keeps_the_shipped_stage(fakes, cache, capsys):
+    shipped = _ship_fakes()
+    assert stages.publish_stage("sft", get_profile("cpu", lab="sft"), _write_marker, {}) == shipped["sft"]
+    assert "ships with the kit" in capsys.readouterr().out
+    assert not stages.stage_dir("sft", get_profile("cpu")).exists()
+
+
+def test_a_held_lock_names_its_holder_and_gives_up(fakes, cache, monkeypatch, capsys):
+    profile = get_profile("cpu")
+    lock = cache / ".locks" / f"cpu-{stages.stage_dir('base', profile).name}.lock"
+    lock.parent.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, sys, time; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); "
+        "f.write('pid 4242 on testhost since 12:00:00 (builder)'); f.flush(); print('held', flush=True); "
+        "time.sleep(30)"), str(lock)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        monkeypatch.setenv(stages.LOCK_WAIT_ENV, "0.5")
+        start = time.monotonic()
+        with pytest.raises(stages.StageError, match=r"still being built by pid 4242 on testhost .* after 0.5 s of waiting"):
+            stages.get_stage("base", profile)
+        assert time.monotonic() - start < 5 and not fakes
+        assert "is being built by pid 4242" in capsys.readouterr().out
+    finally:
+        holder.kill()
+        holder.wait()
+    assert stages.get_stage("base", profile) == stages.stage_dir("base", profile)   # a dead holder frees it
+
+
+def test_command_line_build_from_scratch_check_and_ship(fakes, cache, tmp_path, capsys):
+    assert stages.main(["check"]) == 1                                   # nothing shipped yet
+    assert "refresh with: python -m labkit.stages ship base sft rm grpo" in capsys.readouterr().out
+    assert stages.main(["ship", "base", "sft"]) == 0 and [c[0] for c in fakes] == ["base", "sft"]
+    assert stages.main(["check", "base", "sft"]) == 0
+    assert stages.main(["build", "base", "--profile", "cpu"]) == 0 and len(fakes) == 2   # shipped: no training
+    assert stages.main(["build", "base", "--profile", "cpu", "--from-scratch"]) == 0
+    assert [c[0] for c in fakes] == ["base", "sft", "base"]
+    with pytest.raises(SystemExit):
+        stages.main(["build", "dpo"])
+    assert "unknown stage(s) ['dpo']" in capsys.readouterr().err
