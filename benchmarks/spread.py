@@ -46,7 +46,7 @@ def run_one(seed: int, kernels: str, notebooks: list[str], keep: Path | None) ->
                "LABKIT_CACHE": str(Path(tmp) / "cache")}
         summary = Path(tmp) / "summary.json"
         cmd = [sys.executable, "-m", "labkit.course", *notebooks, "--profile", "cpu", "-p", f"SEED={seed}",
-               "--out-dir", str(out_dir), "--summary", str(summary)]
+               "--out-dir", str(out_dir), "--summary", str(summary), "--jobs", "1"]
         done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
         print(f"--- {label}\n{done.stdout}{done.stderr[-2000:] if done.returncode else ''}", flush=True)
         records = json.loads(summary.read_text(encoding="utf-8")) if summary.exists() else []

@@ -3,6 +3,7 @@
     python -m labkit.course                      # every notebooks/NN_*.py, in order
     python -m labkit.course 01 03_dpo --profile cpu --out-dir /tmp/run --timeout 1800
     python -m labkit.course 05 -p SEED=1         # set any parameters-cell name (value read as JSON)
+    python -m labkit.course --jobs 1             # one notebook at a time (default: see default_jobs)
 
 For each notebook the jupytext percent script `NN_name.py` (the source of truth) is turned into
 a notebook and executed by papermill (kernel "python3", cwd = the notebooks directory). With a
@@ -20,7 +21,10 @@ traceback can be read in place. Before writing it is made diff-friendly and path
   "auto" the execution counts therefore skip the number of the removed cell);
 - per-cell timing metadata (papermill start/end/duration, nbclient `execution`) is dropped;
   only the notebook-level `papermill.duration` (seconds, one decimal) stays;
-- cell ids are derived from the cell contents (jupytext would draw random ones);
+- cell ids are derived from the cell contents (jupytext would draw random ones), and execution
+  counts are renumbered 1, 2, ... over the kept cells (papermill's injected cell shifts them);
+- adjacent outputs of one stream (stdout or stderr) are joined into one, as Jupyter shows them
+  (how a print is split into chunks depends on timing);
 - progress-bar widgets (tqdm in Jupyter) become one plain-text line with their final count, and
   the widget state with its random model ids is dropped: a bar that was closed (leave=False)
   disappears, as it does in JupyterLab;
@@ -34,12 +38,18 @@ Re-executing a notebook on the same machine therefore writes the same .ipynb apa
 A summary (one record per notebook: notebook, status, seconds, metrics, error, profile) goes to
 summary.json next to the written notebooks, or to --summary. The exit status is 1 if any
 notebook failed. --timeout is papermill's per-cell execution timeout in seconds.
+
+Without a GPU, notebooks run side by side (--jobs, default `default_jobs()`): on the cpu profile each
+kernel uses one thread, and each notebook's results do not depend on what runs beside it. With a
+GPU they run one at a time, since they would share its memory.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import hashlib
+import multiprocessing
 import html
 import json
 import os
@@ -140,9 +150,17 @@ def clean_notebook(nb: nbformat.NotebookNode, replacements: list[tuple[str, str]
     nb.cells = [c for c in nb.cells if not set(c.metadata.get("tags", [])) & set(DROPPED_CELL_TAGS)]
     widgets = nb.metadata.pop("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
     seen: dict[str, int] = {}
+    count = 0
     for cell in nb.cells:
         if cell.cell_type == "code":
-            cell.outputs = [o for o in (_widget_as_text(o, widgets) for o in cell.outputs) if o is not None]
+            cell.outputs = _join_streams([o for o in (_widget_as_text(o, widgets) for o in cell.outputs)
+                                          if o is not None])
+            if cell.execution_count is not None:
+                count += 1
+                cell.execution_count = count
+                for output in cell.outputs:
+                    if output.output_type == "execute_result":
+                        output.execution_count = count
         cell.metadata.pop("papermill", None)
         cell.metadata.pop("execution", None)
         if cell.metadata.get("tags") == []:
@@ -162,6 +180,19 @@ def clean_notebook(nb: nbformat.NotebookNode, replacements: list[tuple[str, str]
         nb.metadata["labkit"] = {"metrics": metrics}
     nb.metadata.setdefault("jupytext", {}).setdefault("formats", "ipynb,py:percent")
     nb.metadata["jupytext"].pop("text_representation", None)  # carries jupytext's version: noise
+
+
+def _join_streams(outputs: list[nbformat.NotebookNode]) -> list[nbformat.NotebookNode]:
+    """Join each run of adjacent stream outputs with the same name (stdout, stderr) into one."""
+    joined: list[nbformat.NotebookNode] = []
+    for output in outputs:
+        previous = joined[-1] if joined else None
+        if (output.output_type == "stream" and previous is not None and previous.output_type == "stream"
+                and previous.name == output.name):
+            previous.text += output.text
+        else:
+            joined.append(output)
+    return joined
 
 
 def _widget_as_text(output: nbformat.NotebookNode, widgets: dict) -> nbformat.NotebookNode | None:
@@ -208,11 +239,13 @@ def run_notebooks(
     timeout: float | None = None,
     notebooks_dir: str | Path = NOTEBOOKS_DIR,
     parameters: dict | None = None,
+    jobs: int = 1,
 ) -> list[dict]:
-    """Execute notebooks in order (a failure does not stop the next one); return the summary records.
+    """Execute notebooks (a failure does not stop the others); return the summary records in order.
 
-    `parameters` sets names of the parameters cell (e.g. {"SEED": 1}) in every notebook.
-    Prints one progress line per notebook. Writes the executed notebooks to `out_dir` (default:
+    `parameters` sets names of the parameters cell (e.g. {"SEED": 1}) in every notebook. `jobs`
+    notebooks run at a time, each in its own process. Prints one progress line per notebook as it
+    finishes. Writes the executed notebooks to `out_dir` (default:
     the notebooks directory itself) and the records to `summary_path` (default: summary.json in
     the directory the notebooks are written to).
     """
@@ -220,6 +253,8 @@ def run_notebooks(
         raise CourseError(f"profile must be a profile name such as 'cpu' or 'auto', got {profile!r}.")
     if timeout is not None and timeout <= 0:
         raise CourseError(f"timeout must be a positive number of seconds, got {timeout!r}.")
+    if not isinstance(jobs, int) or jobs < 1:
+        raise CourseError(f"jobs must be a whole number >= 1, got {jobs!r}.")
     notebooks_dir = Path(notebooks_dir).resolve()
     scripts = resolve_names(names, notebooks_dir)
     if not scripts:
@@ -230,12 +265,28 @@ def run_notebooks(
     replacements = path_replacements(notebooks_dir.parent)
 
     width = max(len(p.stem) for p in scripts) + 3
-    records = []
-    for i, script in enumerate(scripts, start=1):
-        record = run_one(script, profile, out_dir / f"{script.stem}.ipynb", timeout, replacements, parameters)
-        records.append(record)
-        dots = "." * (width - len(script.stem))
-        print(f"[{i}/{len(scripts)}] {script.stem} {dots} {_progress_tail(record)}", flush=True)
+    calls = [(script, profile, out_dir / f"{script.stem}.ipynb", timeout, replacements, parameters)
+             for script in scripts]
+
+    def report(done: int, record: dict) -> None:
+        dots = "." * (width - len(record["notebook"]))
+        print(f"[{done}/{len(scripts)}] {record['notebook']} {dots} {_progress_tail(record)}", flush=True)
+
+    if jobs == 1 or len(scripts) == 1:
+        records = []
+        for call in calls:
+            records.append(run_one(*call))
+            report(len(records), records[-1])
+    else:
+        # Separate processes: run_one sets the kernel's environment (LABKIT_METRICS_FILE) in os.environ.
+        with concurrent.futures.ProcessPoolExecutor(min(jobs, len(scripts)),
+                                                    mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(run_one, *call): call[0].stem for call in calls}
+            finished = {}
+            for future in concurrent.futures.as_completed(futures):
+                finished[futures[future]] = future.result()
+                report(len(finished), finished[futures[future]])
+        records = [finished[script.stem] for script in scripts]
 
     summary_path.parent.mkdir(parents=True, exist_ok=True)
     summary_path.write_text(json.dumps(records, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
@@ -288,6 +339,22 @@ def run_one(script: Path, profile: str, out_path: Path, timeout: float | None,
         "profile": profile,
         **({"parameters": extra} if extra else {}),
     }
+
+
+def default_jobs() -> int:
+    """How many notebooks to run at a time: 1 with a CUDA GPU (they would share its memory); else
+    one per CPU core, at most 4 and at most one per 3 GiB of memory (a cpu-profile kernel peaks
+    near 1.5 GiB)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): do not guess
+        return 1
+    return max(1, min(4, cores, int(memory_gib // 3)))
 
 
 def _first_line(text: str) -> str:
@@ -383,11 +450,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--notebooks-dir", type=Path, default=NOTEBOOKS_DIR, help="where the NN_name.py files are")
     parser.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=VALUE",
                         help="set a parameters-cell name in every notebook, e.g. -p SEED=1 (VALUE as JSON, else text)")
+    parser.add_argument("--jobs", type=int, help="notebooks run at a time (default: 1 with a GPU, else one per "
+                                                 "core, at most 4)")
     args = parser.parse_args(argv)
     try:
         records = run_notebooks(args.names or None, profile=args.profile, out_dir=args.out_dir,
                                 summary_path=args.summary, timeout=args.timeout, notebooks_dir=args.notebooks_dir,
-                                parameters=parse_parameters(args.parameter))
+                                parameters=parse_parameters(args.parameter),
+                                jobs=args.jobs if args.jobs is not None else default_jobs())
     except CourseError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -31,7 +31,7 @@ MAX_STEPS = None      # None: the profile's default for this lab (the same budge
 LEARNING_RATE = None
 BETA = None           # None: the profile's beta (0.1)
 SWEEP_BETAS = (0.03, 0.5)   # compared with BETA on one figure
-IPO_BETA = 0.5        # IPO's tau: it pulls the per-token log-ratio gap toward 1 / (2 tau) = 1
+IPO_BETA = 0.5        # IPO tau: it pulls the per-token log-ratio gap toward 1 / (2 tau), here 1
 EVAL_LIMIT = None
 
 # %%

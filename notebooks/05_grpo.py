@@ -31,7 +31,7 @@ SEED = 0
 MAX_STEPS = None      # GRPO steps; None: the profile's default for this lab
 LEARNING_RATE = None
 LOSS_TYPE = "grpo"    # TRL's default is "dapo"; lab 06 compares them
-BETA = 0.04           # KL coefficient (TRL's default is 0.0 = no KL term, no reference model)
+BETA = 0.04           # KL coefficient (TRL defaults to 0.0: no KL term, no reference model)
 EVAL_SAMPLES = 4      # sampled completions per held-out question (pass@1 estimate)
 EVAL_LIMIT = None
 

@@ -30,7 +30,7 @@
 # %% tags=["parameters"]
 PROFILE = "auto"      # "auto" | "cpu" | "t4" | "24gb" | "80gb"
 SEED = 0
-MAX_N = 32            # samples per question, a power of 2 (curves at N = 1, 2, 4 up to MAX_N)
+MAX_N = 32            # samples per question, a power of 2 (curves at N in 1, 2, 4, ..., MAX_N)
 TEMPERATURE = 1.0     # sampling temperature (> 0); 1.0 is what the GRPO policy was trained with
 HARD_LEVEL = 3        # the level with headroom: the headline metrics are measured on it
 HARD_LIMIT = None     # questions of that level; None: the profile's eval_limit for this lab

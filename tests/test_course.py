@@ -91,7 +91,7 @@ def cpu_run(tmp_path_factory):
     notebooks = _make_notebooks(root)
     out_dir = root / "out"
     code, stdout, stderr = _run_main(["--notebooks-dir", str(notebooks), "--out-dir", str(out_dir),
-                                      "--profile", "cpu", "--timeout", "120"])
+                                      "--profile", "cpu", "--timeout", "120", "--jobs", "1"])
     return dict(root=root, notebooks=notebooks, out_dir=out_dir, code=code, stdout=stdout, stderr=stderr,
                 summary=json.loads((out_dir / "summary.json").read_text(encoding="utf-8")))
 
@@ -272,3 +272,39 @@ def test_compare_joins_stdout_chunks_and_ignores_stderr():
     assert compare_notebooks(one_chunk, notebook(("stdout", "a\n"), ("stderr", "warning\n"), ("stdout", "b\n"))) == []
     [difference] = compare_notebooks(one_chunk, notebook(("stdout", "a\nc\n")))
     assert difference.startswith("code cell 1:")
+
+
+def test_notebooks_side_by_side_give_the_same_notebooks(cpu_run, tmp_path, capsys):
+    """jobs=2 runs both notebooks at once in separate processes: same records in notebook order,
+    same written notebooks (apart from timings), one progress line each."""
+    records = run_notebooks(None, profile="cpu", out_dir=tmp_path, timeout=120,
+                            notebooks_dir=cpu_run["notebooks"], jobs=2)
+    assert [(r["notebook"], r["status"], r["metrics"]) for r in records] == \
+           [(r["notebook"], r["status"], r["metrics"]) for r in cpu_run["summary"]]
+    lines = sorted(line for line in capsys.readouterr().out.splitlines() if line.startswith("["))
+    assert [line[:5] for line in lines] == ["[1/2]", "[2/2]"]
+    for name in ("01_bad", "02_good"):
+        alone = nbformat.read(cpu_run["out_dir"] / f"{name}.ipynb", as_version=4)
+        beside = nbformat.read(tmp_path / f"{name}.ipynb", as_version=4)
+        for nb in (alone, beside):
+            nb.metadata.papermill.pop("duration")
+        assert beside == alone
+    with pytest.raises(CourseError, match="jobs"):
+        run_notebooks(None, notebooks_dir=cpu_run["notebooks"], jobs=0)
+
+
+def test_execution_counts_are_renumbered_after_the_injected_cell(cpu_run):
+    """The injected parameters cell is dropped, so counts run 1, 2, ... as in a run without it."""
+    nb = nbformat.read(cpu_run["out_dir"] / "02_good.ipynb", as_version=4)
+    counts = [cell.execution_count for cell in nb.cells if cell.cell_type == "code"]
+    assert counts == list(range(1, len(counts) + 1))
+
+
+def test_adjacent_stream_chunks_are_joined_when_cleaning():
+    """How prints are split into chunks depends on timing; the written notebook does not."""
+    cell = nbformat.v4.new_code_cell("print(1)")
+    cell.outputs = [nbformat.v4.new_output("stream", name=name, text=text) for name, text in
+                    [("stdout", "a\n"), ("stdout", "b\n"), ("stderr", "w\n"), ("stdout", "c\n")]]
+    nb = nbformat.v4.new_notebook(cells=[cell])
+    course.clean_notebook(nb, [])
+    assert [(o.name, o.text) for o in nb.cells[0].outputs] == [("stdout", "a\nb\n"), ("stderr", "w\n"), ("stdout", "c\n")]

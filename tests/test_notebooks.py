@@ -44,6 +44,7 @@ from pathlib import Path
 import jupytext
 import nbformat
 import pytest
+from papermill.translators import PythonTranslator
 
 from labkit.course import committed_metrics, compare_notebooks, discover, run_notebooks
 from labkit.exercises import MARKERS, STUB, make_student_copy
@@ -217,6 +218,10 @@ def test_first_code_cell_is_parameters(script):
     bound = _bound_names(_parse(first.source, f"{script.name} parameters cell"))
     missing = {"PROFILE", "SEED"} - bound
     assert not missing, f"{script.name}: the parameters cell must assign {sorted(missing)}"
+    # papermill reads the cell line by line (`lab.py course -p NAME=VALUE`, `papermill --help-notebook`);
+    # a comment it cannot parse (an "=" in it, say) is a warning on every run and a name it does not list.
+    listed = {p.name for p in PythonTranslator.inspect(first)}
+    assert listed == bound, f"{script.name}: papermill reads {sorted(listed)} from the parameters cell, not {sorted(bound)}"
 
 
 @pytest.mark.parametrize("script", _each_script())
