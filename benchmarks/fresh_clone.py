@@ -10,7 +10,7 @@ no cache, as CI does (`.ci/run` sets the same cache variables). Breakdown:
   notebook executions (tests marked `notebook`) and everything else (from pytest's JUnit XML);
 - `lab.py course 01` and `lab.py course`: run after the install, with an empty cache; the stage
   check (`labkit.stages build`) and each notebook's seconds (from summary.json).
-Writes benchmarks/fresh_clone-<kernels>.json and prints a markdown table.
+Writes benchmarks/fresh_clone-<kernels>.json (each step with the commit it ran on, earlier steps kept) and prints it.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     if "test" in steps:
         seconds, code = timed([sys.executable, "lab.py", "test", f"--junitxml={work / 'junit.xml'}"], clone, env,
                               work / "test.log")
-        result["test"] = {"total_s": seconds, "exit": code, **test_breakdown(work / "junit.xml")}
+        result["test"] = {"commit": commit, "total_s": seconds, "exit": code, **test_breakdown(work / "junit.xml")}
         result["test"]["install_s"] = round(seconds - result["test"]["pytest_s"], 1)
     for step, names in (("course01", ["01"]), ("course", [])):
         if step not in steps:
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             timed([sys.executable, "lab.py", "test", "--co", "-q"], clone, env, work / "install.log")
         log = work / f"{step}.log"
         seconds, code = timed([sys.executable, "lab.py", "course", *names, "--profile", "cpu"], clone, env, log)
-        result[step] = {"total_s": seconds, "exit": code, **course_breakdown(clone, log)}
+        result[step] = {"commit": commit, "total_s": seconds, "exit": code, **course_breakdown(clone, log)}
     out = BENCH_DIR / f"fresh_clone-{args.kernels}.json"
     previous = json.loads(out.read_text(encoding="utf-8")) if out.exists() else {}
     out.write_text(json.dumps({**previous, **result}, indent=1) + "\n", encoding="utf-8")

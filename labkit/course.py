@@ -17,8 +17,7 @@ tests and CI use that so the committed files stay untouched), also when it faile
 traceback can be read in place. Before writing it is made diff-friendly and path-free:
 - papermill's injected-parameters cell and error-marker cells are removed, so the .ipynb has
   exactly the cells of the .py (tests/test_notebooks.py checks that pairing); the parameters
-  used are kept in the notebook metadata `papermill.parameters` (with a profile other than
-  "auto" the execution counts therefore skip the number of the removed cell);
+  used are kept in the notebook metadata `papermill.parameters`;
 - per-cell timing metadata (papermill start/end/duration, nbclient `execution`) is dropped;
   only the notebook-level `papermill.duration` (seconds, one decimal) stays;
 - cell ids are derived from the cell contents (jupytext would draw random ones), and execution
@@ -49,9 +48,9 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import hashlib
-import multiprocessing
 import html
 import json
+import multiprocessing
 import os
 import re
 import site
