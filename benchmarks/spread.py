@@ -27,14 +27,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nbformat
+from fresh_clone import AVX2  # benchmarks/ is on sys.path when this file runs as a script
+
+from labkit.course import committed_metrics
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 RUNS_DIR = BENCH_DIR / "spread"
-KERNELS = {
-    "native": {},
-    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
-}
+KERNELS = {"native": {}, "avx2": AVX2}
 
 
 def run_one(seed: int, kernels: str, notebooks: list[str], keep: Path | None) -> Path:
@@ -61,11 +61,8 @@ def run_one(seed: int, kernels: str, notebooks: list[str], keep: Path | None) ->
 
 def committed() -> dict[str, dict]:
     """{notebook: metrics} of the committed notebooks."""
-    found = {}
-    for ipynb in sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb")):
-        nb = nbformat.read(ipynb, as_version=4)
-        found[ipynb.stem] = dict(nb.metadata.get("labkit", {}).get("metrics", {}))
-    return found
+    return {ipynb.stem: committed_metrics(nbformat.read(ipynb, as_version=4))
+            for ipynb in sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))}
 
 
 def table() -> dict:

@@ -182,13 +182,14 @@ def clean_notebook(nb: nbformat.NotebookNode, replacements: list[tuple[str, str]
 
 
 def _join_streams(outputs: list[nbformat.NotebookNode]) -> list[nbformat.NotebookNode]:
-    """Join each run of adjacent stream outputs with the same name (stdout, stderr) into one."""
+    """Join each run of adjacent stream outputs with the same name (stdout, stderr) into one
+    (a new list; the outputs passed in are not changed)."""
     joined: list[nbformat.NotebookNode] = []
     for output in outputs:
         previous = joined[-1] if joined else None
         if (output.output_type == "stream" and previous is not None and previous.output_type == "stream"
                 and previous.name == output.name):
-            previous.text += output.text
+            joined[-1] = nbformat.v4.new_output("stream", name=output.name, text=previous.text + output.text)
         else:
             joined.append(output)
     return joined
@@ -344,16 +345,16 @@ def default_jobs() -> int:
     """How many notebooks to run at a time: 1 with a CUDA GPU (they would share its memory); else
     one per CPU core, at most 4 and at most one per 3 GiB of memory (a cpu-profile kernel peaks
     near 1.5 GiB)."""
-    import torch
+    from labkit.hardware import detect
 
-    if torch.cuda.is_available():
+    hardware = detect()
+    if hardware.device == "cuda":
         return 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     try:
         memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     except (AttributeError, ValueError, OSError):  # no sysconf (Windows): do not guess
         return 1
-    return max(1, min(4, cores, int(memory_gib // 3)))
+    return max(1, min(4, hardware.cpu_cores, int(memory_gib // 3)))
 
 
 def _first_line(text: str) -> str:
@@ -389,14 +390,9 @@ def compared_cells(nb: nbformat.NotebookNode) -> dict[int, list[str]]:
         if COMPARE_MARKER not in cell.source and COMPARE_TAG not in cell.metadata.get("tags", []):
             continue
         texts: list[str] = []
-        for output in cell.outputs:
+        for output in _join_streams([o for o in cell.outputs if o.get("name") != "stderr"]):
             if output.output_type == "stream":
-                if output.name != "stdout":
-                    continue
-                if texts and texts[-1].startswith("stdout:"):
-                    texts[-1] += output.text
-                else:
-                    texts.append("stdout:" + output.text)
+                texts.append("stdout:" + output.text)
             elif output.output_type in ("display_data", "execute_result"):
                 texts.append(output.get("data", {}).get("text/plain", ""))
             elif output.output_type == "error":
