@@ -7,7 +7,8 @@ right. A selection rule then picks one of a question's N samples (see `RULES`):
 - ``oracle``: a right one if there is any. It needs the gold answer, so it is an upper bound
   (its best-of-N accuracy is pass@N);
 - ``reward_model``: the one a reward model scores highest (best-of-N with a learned verifier);
-- ``majority_vote``: the most common final answer (self-consistency); needs no verifier at all;
+- ``majority_vote``: the most common final answer (self-consistency); needs no verifier at all
+  (`top_answer` gives the winning answer itself, None when no sample has one);
 - ``weighted_vote``: the answer whose samples carry the most reward-model weight exp(score).
 
 `best_of_n` measures a rule at N <= the number drawn by averaging over disjoint groups of N,
@@ -136,10 +137,26 @@ def reward_model_pick(answers: Sequence[str | None], correct: Sequence[float],
     return max(range(len(scores)), key=lambda i: (scores[i], -i))
 
 
+def top_answer(answers: Sequence[str | None], weights: Sequence[float] | None = None) -> str | None:
+    """The answer key (see answer_key) with the largest total weight, one vote per sample when
+    `weights` is None; on a tie the answer seen first wins. Samples without an answer do not
+    vote, so with no parseable answer at all the result is None."""
+    if weights is None:
+        weights = [1.0] * len(answers)
+    if len(weights) != len(answers):
+        raise ValueError(f"{len(answers)} answers but {len(weights)} weights")
+    totals: dict[str, float] = {}
+    for key, weight in zip(map(answer_key, answers), weights):
+        if key is not None:
+            totals[key] = totals.get(key, 0.0) + weight
+    # dicts keep insertion order, so ties go to the first seen
+    return max(totals, key=totals.get, default=None)
+
+
 def majority_vote(answers: Sequence[str | None], correct: Sequence[float], scores: Sequence[float] | None) -> int:
     """The first sample whose answer is the most common one; on a tie the answer seen first wins.
     Samples without an answer do not vote (if none has one, sample 0)."""
-    return _vote([answer_key(a) for a in answers], [1.0] * len(answers))
+    return _vote(answers, None)
 
 
 def weighted_vote(answers: Sequence[str | None], correct: Sequence[float], scores: Sequence[float] | None) -> int:
@@ -147,18 +164,15 @@ def weighted_vote(answers: Sequence[str | None], correct: Sequence[float], score
     model a reward model is trained with, exp(score) is a sample's strength."""
     scores = _need_scores(scores, "weighted_vote")
     top = max(scores)
-    return _vote([answer_key(a) for a in answers], [math.exp(s - top) for s in scores])
+    return _vote(answers, [math.exp(s - top) for s in scores])
 
 
-def _vote(keys: list[str | None], weights: list[float]) -> int:
-    totals: dict[str, float] = {}
-    for key, weight in zip(keys, weights):
-        if key is not None:
-            totals[key] = totals.get(key, 0.0) + weight
-    if not totals:
+def _vote(answers: Sequence[str | None], weights: Sequence[float] | None) -> int:
+    """The first sample carrying `top_answer`'s winner; sample 0 if no sample has an answer."""
+    winner = top_answer(answers, weights)
+    if winner is None:
         return 0
-    winner = max(totals, key=totals.get)  # dicts keep insertion order, so ties go to the first seen
-    return keys.index(winner)
+    return [answer_key(a) for a in answers].index(winner)
 
 
 RULES: dict[str, Rule] = {"oracle": oracle, "reward_model": reward_model_pick,

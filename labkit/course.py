@@ -370,8 +370,8 @@ def _progress_tail(record: dict) -> str:
     return f"ok  {seconds}  {metrics}".rstrip()
 
 
-def _format_value(value: float | int | str) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+def _format_value(value: float | int | str | None) -> str:
+    return "n/a" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 # --- comparing a run with the committed notebook -------------------------------------------------

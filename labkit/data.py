@@ -266,10 +266,9 @@ def load_gsm8k(split: str = "test", path: str | Path = "openai/gsm8k",
     answer: the number after "####" without thousands commas; a row where it is not an
     integer raises DataError naming the dataset and the row index (0-based).
     level: from the number of solution lines, see gsm8k_level.
-    path: a local file or folder (see _read_local), or a hub id loaded with
-    datasets.load_dataset(path, "main", split=split). This function does not pick a mirror:
-    to reach the hub from mainland China, call labkit.hub.resolve_dataset(path) first and pass
-    the local folder it returns. levels and limit work as in load_split.
+    path: a local file or folder (see _read_local), or a hub id, downloaded with
+    labkit.hub.resolve_dataset (HF_ENDPOINT / mirror / offline cache aware) and read from its
+    main/ folder. levels and limit work as in load_split.
     """
     if split not in ("train", "test"):
         raise DataError(f"GSM8K split must be 'train' or 'test', got {split!r}")
@@ -280,9 +279,9 @@ def load_gsm8k(split: str = "test", path: str | Path = "openai/gsm8k",
         raise FileNotFoundError(f"{text}: no such file or folder (pass an existing local path, "
                                 "or a hub id such as 'openai/gsm8k')")
     else:
-        from datasets import load_dataset
+        from labkit.hub import resolve_dataset  # the hub, a mirror or the offline cache
 
-        raw = list(load_dataset(text, "main", split=split))
+        raw = _read_local(Path(resolve_dataset(text)), split)
     where = f"{text} [{split}]"
     if not raw:
         raise DataError(f"{where}: no rows")
@@ -346,7 +345,8 @@ def preference_example(row: dict, system_prompt: str | None = None) -> dict:
 
 
 def to_dataset(rows: list[dict], fn: Callable[[dict], dict]) -> Dataset:
-    """A datasets.Dataset with the columns fn(row) returns, plus id, lang, level and answer.
+    """A datasets.Dataset with the columns fn(row) returns, plus the row's own id and those of
+    lang, level and answer that every row has (hub preference pairs have none of the three).
 
     fn must return a dict of columns, for example preference_example, or
     `lambda row: {"messages": sft_messages(row)}` for SFT and
@@ -357,6 +357,7 @@ def to_dataset(rows: list[dict], fn: Callable[[dict], dict]) -> Dataset:
 
     if not rows:
         raise DataError("to_dataset got no rows")
+    kept = ["id"] + [name for name in KEPT_COLUMNS[1:] if all(name in row for row in rows)]
     records = []
     for row in rows:
         columns = fn(row)
@@ -367,6 +368,6 @@ def to_dataset(rows: list[dict], fn: Callable[[dict], dict]) -> Dataset:
         if clash:
             raise DataError(f"fn returned {', '.join(map(repr, clash))}, which to_dataset "
                             "copies from the row itself; rename those columns")
-        _need(row, KEPT_COLUMNS, "to_dataset")
-        records.append({**columns, **{name: row[name] for name in KEPT_COLUMNS}})
+        _need(row, ("id",), "to_dataset")
+        records.append({**columns, **{name: row[name] for name in kept}})
     return Dataset.from_list(records)

@@ -37,18 +37,16 @@ def train_dpo(profile: Profile, model_path: str | Path, train_dataset, output_di
     from trl import DPOTrainer
 
     from labkit.hardware import detect
-    from labkit.models import adapter_to_train, load_model, load_tokenizer
+    from labkit.models import load_model, load_tokenizer, lora_config
     from labkit.preflight import preflight
 
     preflight(profile, detect(), lab="dpo")
     tokenizer = load_tokenizer(model_path, padding_side="right")
     model = load_model(model_path, profile)
-    # Quantized profiles keep training the SFT adapter; TRL loads a frozen copy of it as "ref".
-    peft_config = adapter_to_train(model, profile)
     args = dpo_config(profile, output_dir, beta=beta, loss_type=loss_type, max_steps=max_steps,
                       seed=seed)
     trainer = DPOTrainer(model=model, args=args, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=tokenizer,
-                         peft_config=peft_config)
+                         peft_config=lora_config(profile))
     trainer.train()
     return trainer

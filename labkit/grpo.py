@@ -9,14 +9,18 @@ gradient_accumulation_steps = rollout_batch_size * G / batch_size micro-steps.
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from packaging.version import Version
 from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
+from labkit.memory import GiB, estimate_memory
+from labkit.preflight import train_plan
 from labkit.profiles import Profile
 from labkit.rewards import accuracy_reward, format_reward, overlong_penalty
 from labkit.trainer_args import common_args
@@ -30,6 +34,11 @@ TRAIN_LEVELS: dict[str, tuple[int, ...] | None] = {"kit": (3,), "gsm8k": None}
 # The GRPO stage (lab 05's recipe) keeps a small KL term, as DeepSeekMath's GRPO (TRL: beta=0).
 GRPO_STAGE_BETA = 0.04
 ZERO_STD_TOL = 1e-6  # rewards closer than this count as equal
+# Colocated vLLM (TRL's vllm_mode="colocate", its default) takes this share of the GPU's memory
+# for its own weights and KV cache: TRL 1.16's vllm_gpu_memory_utilization default, set explicitly.
+VLLM_GPU_MEMORY_UTILIZATION = 0.3
+# The vLLM releases TRL 1.16 supports (trl.import_utils.is_vllm_available; it only warns outside).
+VLLM_SUPPORTED = (Version("0.22.0"), Version("0.31.0"))
 
 
 class GRPOSetupError(ValueError):
@@ -75,6 +84,51 @@ def accumulation_steps(profile: Profile) -> int:
     return completions // profile.batch_size
 
 
+def _vllm_version() -> Version | None:
+    """The installed vLLM release (local tags such as +cu129 dropped), None if not installed."""
+    if importlib.util.find_spec("vllm") is None:
+        return None
+    try:
+        return Version(Version(importlib.metadata.version("vllm")).base_version)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _cuda_vram_gb() -> float:
+    """Total memory of the first CUDA device in GiB."""
+    return torch.cuda.get_device_properties(0).total_memory / GiB
+
+
+def use_vllm(profile: Profile, vram_gb: float | None = None) -> tuple[bool, str]:
+    """Whether GRPO/RLOO generate with colocated vLLM, and a one-line reason.
+
+    On only with a CUDA GPU that torch can use, an unquantized model (vLLM cannot load the
+    bitsandbytes QLoRA setup), a vLLM release TRL supports, and a memory plan (labkit.preflight)
+    that still fits once vLLM's share, VLLM_GPU_MEMORY_UTILIZATION x `vram_gb`, is taken out of
+    the budget. `vram_gb` defaults to the first CUDA device's total memory. The plan still counts
+    transformers' KV cache, which vLLM makes unnecessary, so the memory test errs toward off.
+    """
+    if profile.device != "cuda" or not torch.cuda.is_available():
+        return False, "vLLM off: no CUDA GPU, completions come from transformers' generate"
+    if profile.quant is not None:
+        return False, f"vLLM off: the {profile.quant} quantized model (QLoRA) generates with transformers"
+    version = _vllm_version()
+    if version is None:
+        return False, "vLLM off: vllm is not installed"
+    low, high = VLLM_SUPPORTED
+    if not low <= version <= high:
+        return False, f"vLLM off: vllm {version} is outside the releases TRL supports ({low} to {high})"
+    vram_gb = _cuda_vram_gb() if vram_gb is None else vram_gb
+    vram, reserved = int(vram_gb * GiB), int(VLLM_GPU_MEMORY_UTILIZATION * vram_gb * GiB)
+    estimate = estimate_memory(train_plan(profile, "grpo"))
+    share = f"vLLM's {VLLM_GPU_MEMORY_UTILIZATION:.0%} of {vram_gb:.1f} GiB ({reserved / GiB:.1f} GiB)"
+    if not estimate.fits(vram, reserved_bytes=reserved):
+        return False, (f"vLLM off: training ({estimate.total_bytes / GiB:.1f} GiB) does not fit next "
+                       f"to {share}")
+    return True, (f"vLLM {version} on (colocated): training ({estimate.total_bytes / GiB:.1f} GiB) "
+                  f"fits next to {share}")
+
+
 def _rl_args(profile: Profile, output_dir: str | Path, max_steps: int | None, seed: int) -> dict[str, Any]:
     """Arguments GRPOConfig and RLOOConfig share: batches, sampling and generation backend."""
     args = common_args(profile, output_dir, max_steps=max_steps, seed=seed)
@@ -86,9 +140,10 @@ def _rl_args(profile: Profile, output_dir: str | Path, max_steps: int | None, se
         max_completion_length=profile.max_new_tokens,
         temperature=1.0, top_p=1.0, top_k=0,   # plain sampling, as labkit.evaluate samples
         beta=0.0,                              # no KL term: TRL's default, see lab 05
-        # vLLM generation when it is installed on a GPU machine (colocated: same process, same GPU)
-        use_vllm=profile.device == "cuda" and importlib.util.find_spec("vllm") is not None,
+        # vLLM generation where it works and fits (colocated: same process, same GPU), see use_vllm
+        use_vllm=use_vllm(profile)[0],
         vllm_mode="colocate",
+        vllm_gpu_memory_utilization=VLLM_GPU_MEMORY_UTILIZATION,
     )
     return args
 
@@ -273,14 +328,14 @@ class DynamicSamplingGRPOTrainer(GRPOTrainer):
 def train_grpo(profile: Profile, sft_path: str | Path, out: Path, seed: int = 0) -> dict:
     """Train GRPO from the SFT model at `sft_path` (lab 05's recipe); save the policy to `out`."""
     from labkit.hardware import detect
-    from labkit.models import adapter_to_train, base_weights, load_model, load_tokenizer, save_model
+    from labkit.models import load_model, load_tokenizer, lora_config, save_model
     from labkit.preflight import preflight
 
     preflight(profile, detect(), lab="grpo")  # refuses a config that won't fit, before loading
     tokenizer = load_tokenizer(sft_path)
     model = load_model(sft_path, profile)
     trainer = make_trainer("grpo", profile, model, tokenizer, rl_dataset(profile), out / "trainer",
-                           seed=seed, peft_config=adapter_to_train(model, profile), beta=GRPO_STAGE_BETA)
+                           seed=seed, peft_config=lora_config(profile), beta=GRPO_STAGE_BETA)
     trainer.train()
-    save_model(trainer.model, tokenizer, out, base_weights(sft_path)[0])
+    save_model(trainer.model, tokenizer, out, sft_path)
     return {"log_history": trainer.state.log_history}

@@ -29,10 +29,19 @@ class Hardware:
 
 
 def detect() -> Hardware:
-    """Inspect the first CUDA device if there is one, else describe the CPU."""
+    """Inspect the first CUDA device if there is one, else describe the CPU.
+
+    A stand-in run (LABKIT_STANDIN_GPU, see labkit.standin) reports the GPU it pretends to be.
+    """
+    import dataclasses
+
     import torch
 
+    from labkit.standin import gpu
+
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if gpu() is not None:
+        return dataclasses.replace(gpu(), cpu_cores=cores)
     if not torch.cuda.is_available():
         return Hardware(device="cpu", name=f"cpu ({cores} cores)", cpu_cores=cores)
     free, total = torch.cuda.mem_get_info(0)
@@ -42,3 +51,10 @@ def detect() -> Hardware:
         vram_total_gb=total / GiB, vram_free_gb=free / GiB, capability=capability,
         bf16=capability >= (8, 0), cpu_cores=cores,
     )
+
+
+def compute_device() -> str:
+    """Where tensors actually go: "cuda" when torch sees a GPU, else "cpu" (also in a stand-in run)."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -146,7 +146,14 @@ def _modelscope_snapshot_download() -> Callable[[str], str] | None:
 
 def _resolve_on_hf(repo_id: str, repo_type: str, probe: Callable[[str], bool],
                    hf_download: Callable[..., str]) -> str | None:
-    """Download from the cache (offline mode) or the first reachable endpoint; None if none."""
+    """Download from the cache (offline mode) or the first reachable endpoint; None if none.
+
+    In a stand-in run ($LABKIT_STANDIN, see labkit.standin) the stand-in folder is the hub.
+    """
+    from labkit.standin import snapshot, world
+
+    if world() is not None:
+        return snapshot(repo_id, repo_type)
     if _offline():
         from huggingface_hub.errors import LocalEntryNotFoundError
 

@@ -14,6 +14,10 @@ Semantics follow HF Trainer / TRL / PEFT as pinned in this kit:
   the padding mask as a B x 1 x T x T bias.
 - Mixed precision as in TRL's default (bf16=True, or fp16=True on a T4): activations are in
   `compute_dtype`, which defaults to the dtype the model is loaded in.
+- A sequence classifier (reward model: `AutoModelForSequenceClassification`, num_labels=1) has
+  no lm_head, only a hidden x num_labels `score` head (no bias); with tied embeddings the
+  embedding stays. transformers scores every position and keeps the last non-pad one, so its
+  logits are batch x tokens x num_labels instead of batch x tokens x vocab.
 - TRL GRPO counts batches in completions: `per_device_train_batch_size` completions are trained
   per micro-step and `generation_batch_size` completions (default: batch size x gradient
   accumulation steps) are generated in one `generate` call, which is what fills the KV cache.
@@ -88,14 +92,21 @@ class ModelSpec:
         """Parameters in the decoder layers' projections (what 4/8-bit quantization replaces)."""
         return self.num_layers * sum(i * o for i, o in self.linear_shapes().values())
 
-    def num_params(self) -> int:
-        """Total parameters, counting tied embedding/lm_head weights once."""
+    def num_params(self, num_labels: int | None = None) -> int:
+        """Total parameters, counting tied embedding/lm_head weights once.
+
+        num_labels None: the causal LM (lm_head over the vocabulary). An int: the sequence
+        classifier, whose `score` head (hidden x num_labels, no bias) replaces the lm_head.
+        """
         norms_per_layer = 2 * self.hidden_size + 2 * self.head_dim  # 2 RMSNorms + q_norm, k_norm
         embeddings = self.vocab_size * self.hidden_size
-        lm_head = 0 if self.tie_embeddings else embeddings
+        if num_labels is not None:
+            head = self.hidden_size * num_labels
+        else:
+            head = 0 if self.tie_embeddings else embeddings
         final_norm = self.hidden_size
         return (self.linear_params() + self.num_layers * norms_per_layer
-                + embeddings + lm_head + final_norm)
+                + embeddings + head + final_norm)
 
     @classmethod
     def from_config(cls, config) -> ModelSpec:
@@ -149,6 +160,7 @@ class TrainPlan:
     SFT/DPO-style runs set `seq_len`. RL runs (GRPO/PPO) set `num_generations`,
     `max_prompt_len` and `max_completion_len`; their training sequences are prompt + completion
     long (`seq_len` may be left None). For DPO, count chosen+rejected: use twice the batch size.
+    A reward model is a sequence classifier: set `num_labels=1` (and count its pairs twice too).
     """
 
     model: ModelSpec
@@ -170,6 +182,7 @@ class TrainPlan:
     max_prompt_len: int | None = None
     max_completion_len: int | None = None
     generation_batch_size: int | None = None  # completions per generate call; None: TRL default
+    num_labels: int | None = None  # None: causal LM (vocab logits); n: classifier with n outputs
 
     def __post_init__(self) -> None:
         for name in ("weight_dtype", "trainable_dtype", "compute_dtype"):
@@ -191,6 +204,12 @@ class TrainPlan:
             raise TrainPlanError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.batch_size < 1 or self.gradient_accumulation_steps < 1:
             raise TrainPlanError("batch_size and gradient_accumulation_steps must be >= 1")
+        if self.num_labels is not None:
+            if self.num_labels < 1:
+                raise TrainPlanError(f"num_labels must be >= 1 or None, got {self.num_labels!r}")
+            if self.num_generations is not None:
+                raise TrainPlanError("a sequence classifier (num_labels) does not generate: "
+                                     "leave num_generations None")
         generation_fields = ("max_prompt_len", "max_completion_len", "generation_batch_size")
         if self.num_generations is None:
             if self.seq_len is None or self.seq_len < 1:
@@ -212,6 +231,11 @@ class TrainPlan:
         if self.gen_batch_size % self.num_generations != 0:
             raise TrainPlanError(f"generation_batch_size ({self.gen_batch_size}) must be divisible "
                                  f"by num_generations ({self.num_generations}), as in TRL")
+
+    @property
+    def classifier(self) -> bool:
+        """Whether the model is a sequence classifier (score head) rather than a causal LM."""
+        return self.num_labels is not None
 
     @property
     def generates(self) -> bool:
@@ -240,10 +264,11 @@ class MemoryEstimate:
     breakdown: dict[str, int]
     total_bytes: int
 
-    def fits(self, vram_bytes: int, headroom: float = 0.9) -> bool:
-        """True when the peak is at most `headroom` x `vram_bytes`."""
-        _check_budget(vram_bytes, headroom)
-        return self.total_bytes <= headroom * vram_bytes
+    def fits(self, vram_bytes: int, headroom: float = 0.9, reserved_bytes: int = 0) -> bool:
+        """True when the peak plus `reserved_bytes` (memory something else on the GPU holds, e.g.
+        a colocated vLLM engine) is at most `headroom` x `vram_bytes`."""
+        _check_budget(vram_bytes, headroom, reserved_bytes)
+        return self.total_bytes + reserved_bytes <= headroom * vram_bytes
 
     def table(self) -> str:
         """The breakdown as an aligned table in GiB (components that cost nothing are left out)."""
@@ -259,20 +284,25 @@ class MemoryEstimate:
         return "\n".join(lines)
 
 
-def _check_budget(vram_bytes: int, headroom: float) -> None:
+def _check_budget(vram_bytes: int, headroom: float, reserved_bytes: int = 0) -> None:
     if vram_bytes <= 0:
         raise ValueError(f"vram_bytes must be positive, got {vram_bytes}")
     if not 0 < headroom <= 1:
         raise ValueError(f"headroom must be in (0, 1], got {headroom}")
+    if reserved_bytes < 0:
+        raise ValueError(f"reserved_bytes must be >= 0, got {reserved_bytes}")
 
 
-def weight_bytes(model: ModelSpec, dtype: str, quant: str | None) -> int:
-    """Bytes of the weights. With `quant`, only the decoder projections are quantized;
-    embeddings, norms and lm_head stay in `dtype` (as transformers' bitsandbytes loader does)."""
+def weight_bytes(model: ModelSpec, dtype: str, quant: str | None,
+                 num_labels: int | None = None) -> int:
+    """Bytes of the weights (of the classifier when `num_labels` is set, see
+    ModelSpec.num_params). With `quant`, only the decoder projections are quantized; embeddings,
+    norms and the head stay in `dtype` (as transformers' bitsandbytes loader does)."""
+    params = model.num_params(num_labels)
     if quant is None:
-        return model.num_params() * DTYPE_BYTES[dtype]
+        return params * DTYPE_BYTES[dtype]
     linear = model.linear_params()
-    return int(linear * QUANT_BYTES[quant]) + (model.num_params() - linear) * DTYPE_BYTES[dtype]
+    return int(linear * QUANT_BYTES[quant]) + (params - linear) * DTYPE_BYTES[dtype]
 
 
 def lora_params(plan: TrainPlan) -> int:
@@ -348,8 +378,12 @@ def activation_bytes(plan: TrainPlan) -> int:
 def logits_bytes(plan: TrainPlan) -> int:
     """The batch x tokens x vocab logits: a bytes each from lm_head, 4 for the fp32 upcast in the
     loss and 4 for the fp32 log-softmax kept for backward. RL (TRL) computes logits only for the
-    completion tokens."""
+    completion tokens. A classifier's score head gives batch x tokens x num_labels values in a
+    bytes (transformers scores every position, then keeps each row's last non-pad one); the
+    pairwise loss on the kept batch x num_labels scores is left out."""
     a = _compute_bytes(plan)
+    if plan.classifier:
+        return plan.batch_size * plan.seq_len * plan.num_labels * a
     tokens = plan.max_completion_len if plan.generates else plan.seq_len
     return plan.batch_size * tokens * plan.model.vocab_size * (a + 4 + 4)
 
@@ -368,15 +402,18 @@ def estimate_memory(plan: TrainPlan) -> MemoryEstimate:
 
     peak = everything else + max(activations + logits, kv_cache): the training step's activations
     and the generation's KV cache are never held at the same time. The reference model costs a
-    copy of the weights (nothing with LoRA); the reward model costs its weights in weight_dtype
-    (inference only); the value model (TRL PPO) is a second, trainable copy of the policy.
+    copy of the weights (nothing with LoRA); the reward model is a one-output classifier loaded
+    like the policy (weight_dtype and quant, as labkit.reward_model.load_reward_model does) and
+    only runs inference; the value model (TRL PPO) is a second, trainable copy of the policy.
+    With LoRA on a classifier (PEFT task SEQ_CLS), PEFT's trainable copy of the score head
+    (hidden x num_labels parameters) is left out.
     """
     lora = plan.lora_rank is not None
     tb = DTYPE_BYTES[_trainable_dtype(plan)]
-    trainable = lora_params(plan) if lora else plan.model.num_params()
+    trainable = lora_params(plan) if lora else plan.model.num_params(plan.num_labels)
     optimizer_per_param = {"adamw": 2 * tb, "adamw_8bit": ADAMW_8BIT_BYTES, "sgd": 0}
 
-    weights = weight_bytes(plan.model, plan.weight_dtype, plan.quant)
+    weights = weight_bytes(plan.model, plan.weight_dtype, plan.quant, plan.num_labels)
     adapters = lora_params(plan) * tb
     gradients = trainable * tb
     optimizer_states = int(trainable * optimizer_per_param[plan.optimizer])
@@ -392,7 +429,7 @@ def estimate_memory(plan: TrainPlan) -> MemoryEstimate:
         "logits": logits_bytes(plan),
         "kv_cache": kv_cache_bytes(plan),
         "reference_model": weights if plan.ref_model and not lora else 0,
-        "reward_model": (plan.reward_model.num_params() * DTYPE_BYTES[plan.weight_dtype]
+        "reward_model": (weight_bytes(plan.reward_model, plan.weight_dtype, plan.quant, num_labels=1)
                          if plan.reward_model else 0),
         "value_model": full_copy if plan.value_model else 0,
         "cuda_overhead": CUDA_OVERHEAD_BYTES,
@@ -451,14 +488,15 @@ def _fix_moves(plan: TrainPlan) -> list[list[tuple[dict, str]]]:
     return [move for move in moves if move]
 
 
-def suggest_fix(plan: TrainPlan, vram_bytes: int,
-                headroom: float = 0.9) -> tuple[TrainPlan, str] | None:
-    """The first single fix, else the shortest combination of fixes, whose estimate fits.
+def suggest_fix(plan: TrainPlan, vram_bytes: int, headroom: float = 0.9,
+                reserved_bytes: int = 0) -> tuple[TrainPlan, str] | None:
+    """The first single fix, else the shortest combination of fixes, whose estimate fits
+    (next to `reserved_bytes`, see MemoryEstimate.fits).
 
     Returns (fixed plan, description), `(plan, "no change needed")` if `plan` already fits, or
     None when nothing we know how to change makes it fit.
     """
-    if estimate_memory(plan).fits(vram_bytes, headroom):
+    if estimate_memory(plan).fits(vram_bytes, headroom, reserved_bytes):
         return plan, "no change needed"
     moves = _fix_moves(plan)
     for size in range(1, len(moves) + 1):
@@ -468,22 +506,24 @@ def suggest_fix(plan: TrainPlan, vram_bytes: int,
                 for fields, _ in options:
                     changes.update(fields)
                 candidate = dataclasses.replace(plan, **changes)
-                if estimate_memory(candidate).fits(vram_bytes, headroom):
+                if estimate_memory(candidate).fits(vram_bytes, headroom, reserved_bytes):
                     return candidate, " and ".join(text for _, text in options)
     return None
 
 
-def check_fits(plan: TrainPlan, vram_bytes: int, headroom: float = 0.9) -> MemoryEstimate:
-    """Return the estimate if `plan` fits in `headroom` x `vram_bytes`, else raise
+def check_fits(plan: TrainPlan, vram_bytes: int, headroom: float = 0.9,
+               reserved_bytes: int = 0) -> MemoryEstimate:
+    """Return the estimate if `plan` fits in `headroom` x `vram_bytes` minus `reserved_bytes`
+    (memory held by something else on the GPU, e.g. a colocated vLLM engine), else raise
     MemoryBudgetError with the breakdown and the change that makes it fit.
 
     Call it before loading any model; on a GPU pass
     `torch.cuda.get_device_properties(0).total_memory` as `vram_bytes`.
     """
     estimate = estimate_memory(plan)
-    if estimate.fits(vram_bytes, headroom):
+    if estimate.fits(vram_bytes, headroom, reserved_bytes):
         return estimate
-    fix = suggest_fix(plan, vram_bytes, headroom)
+    fix = suggest_fix(plan, vram_bytes, headroom, reserved_bytes)
     if fix is None:
         advice = ("No combination of gradient checkpointing, smaller batches, shorter "
                   "generations, 4-bit LoRA or a smaller Qwen3 model fits: use a GPU with more "
@@ -492,8 +532,10 @@ def check_fits(plan: TrainPlan, vram_bytes: int, headroom: float = 0.9) -> Memor
         fixed_plan, text = fix
         advice = (f"To fit: {text} "
                   f"(estimated peak {estimate_memory(fixed_plan).total_bytes / GiB:.2f} GiB).")
+    budget = headroom * vram_bytes - reserved_bytes
+    reserved = f" - {reserved_bytes / GiB:.2f} GiB reserved" if reserved_bytes else ""
     raise MemoryBudgetError(
         f"{plan.model.name}: estimated peak GPU memory {estimate.total_bytes / GiB:.2f} GiB "
-        f"exceeds the budget of {headroom:.0%} of {vram_bytes / GiB:.2f} GiB VRAM "
-        f"= {headroom * vram_bytes / GiB:.2f} GiB.\n{estimate.table()}\n{advice}"
+        f"exceeds the budget of {headroom:.0%} of {vram_bytes / GiB:.2f} GiB VRAM{reserved} "
+        f"= {budget / GiB:.2f} GiB.\n{estimate.table()}\n{advice}"
     )

@@ -6,7 +6,9 @@
     metrics.record(heldout_acc_after=0.86)
     metrics.show()                      # the notebook's last cell
 
-Names are identifier-like ("heldout_acc_after"); values are finite numbers or short strings.
+Names are identifier-like ("heldout_acc_after"); values are numbers or short strings. NaN is
+allowed and means "not defined on this run" (e.g. an agreement rate over zero pairs): `show`
+prints it as "n/a" and the JSON file holds null. Infinities are refused (they are bugs).
 Recording a name again overwrites it. When the environment variable LABKIT_METRICS_FILE is set
 (the course runner, `python -m labkit.course`, sets it), every `record` rewrites that JSON file
 with all metrics so far, so the runner still gets them if a later cell fails. Without it
@@ -24,6 +26,7 @@ from pathlib import Path
 
 METRICS_FILE_ENV = "LABKIT_METRICS_FILE"
 MAX_STRING_CHARS = 200
+NOT_AVAILABLE = "n/a"  # how show() prints a NaN metric
 
 _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _metrics: dict[str, float | int | str] = {}
@@ -60,16 +63,28 @@ def show() -> None:
         from IPython.display import display
     except ImportError:
         pd = None
+    shown = [_shown(value) for value in _metrics.values()]
     if pd is not None and get_ipython() is not None:
-        display(pd.DataFrame({"metric": list(_metrics), "value": list(_metrics.values())}))
+        display(pd.DataFrame({"metric": list(_metrics), "value": shown}))
         return
     width = max(len(name) for name in _metrics)
-    for name, value in _metrics.items():
+    for name, value in zip(_metrics, shown):
         print(f"{name.ljust(width)}  {value}")
 
 
+def _is_nan(value: object) -> bool:
+    """Whether `value` is a float NaN (the only non-finite number `record` keeps)."""
+    return isinstance(value, float) and math.isnan(value)
+
+
+def _shown(value: float | int | str) -> float | int | str:
+    """The value as show() displays it: NaN becomes "n/a"."""
+    return NOT_AVAILABLE if _is_nan(value) else value
+
+
 def _check(name: str, value: object) -> float | int | str:
-    """Return `value` as a plain JSON-ready float, int or str, or raise MetricError."""
+    """Return `value` as a plain float, int or str (NaN kept: written as null), or raise
+    MetricError."""
     if not _NAME_RE.fullmatch(name):
         raise MetricError(f"Metric name {name!r} must look like a Python identifier, e.g. 'heldout_acc'.")
     if isinstance(value, bool):
@@ -82,8 +97,9 @@ def _check(name: str, value: object) -> float | int | str:
     if isinstance(value, numbers.Integral):  # int, numpy.int64, ...
         return int(value)
     if isinstance(value, numbers.Real):  # float, numpy.float32, ...
-        if not math.isfinite(float(value)):
-            raise MetricError(f"Metric {name!r} is {value}; record only finite numbers.")
+        if math.isinf(float(value)):
+            raise MetricError(f"Metric {name!r} is infinite ({value}); record a finite number, "
+                              "or NaN if it is not defined on this run.")
         return float(value)
     hint = " Call .item() on a one-element tensor first." if hasattr(value, "item") else ""
     raise MetricError(f"Metric {name!r} has type {type(value).__name__}; "
@@ -91,7 +107,9 @@ def _check(name: str, value: object) -> float | int | str:
 
 
 def _write_json(path: Path, metrics: dict[str, float | int | str]) -> None:
-    """Write all metrics to `path` atomically (a reader never sees a half-written file)."""
+    """Write all metrics to `path` atomically (a reader never sees a half-written file), as strict
+    JSON: NaN becomes null."""
+    ready = {name: None if _is_nan(value) else value for name, value in metrics.items()}
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(metrics, ensure_ascii=False, indent=2), encoding="utf-8")
+    tmp.write_text(json.dumps(ready, ensure_ascii=False, indent=2, allow_nan=False), encoding="utf-8")
     os.replace(tmp, path)

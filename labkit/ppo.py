@@ -17,15 +17,18 @@ a second trainable copy of the weights with its own gradients and optimizer stat
 the policy's network, which `vf_coef` keeps small.
 
 Reference model: with LoRA it is the same weights with the adapter switched off (no copy); with
-full fine-tuning it is a frozen copy; on 4-bit profiles, whose SFT stage is itself an adapter, it is
-a frozen second copy of that adapter named "ref".
+full fine-tuning it is a frozen copy.
+
+Precision: trainable parameters (LoRA, value head) are fp32; on fp16 / bf16 profiles the forward
+passes run under autocast, and fp16 losses are scaled (torch.amp.GradScaler) so small gradients do
+not underflow to zero, as the Trainer does for TRL's trainers.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -37,6 +40,7 @@ from tqdm.auto import trange
 from labkit.algorithms import (aligned_logprobs, gae, kl_k1, masked_mean, masked_sum, masked_whiten,
                                pad_right, policy_gradient_loss, token_entropy)
 from labkit.evaluate import chat_prompts, generate_batch, generated_lengths
+from labkit.models import compute_dtype, upcast_trainable
 from labkit.profiles import Profile
 from labkit.rewards import accuracy_reward, format_reward
 
@@ -200,7 +204,7 @@ class PolicyWithValue(nn.Module):
         out = self.policy(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
         logits = out.logits / self.temperature
         logprobs = aligned_logprobs(logits, input_ids)
-        values = F.pad(self.value_head(out.hidden_states[-1][:, :-1].float()).squeeze(-1), (1, 0))
+        values = F.pad(self.value_head(out.hidden_states[-1][:, :-1].float()).squeeze(-1).float(), (1, 0))
         entropy = None
         if with_entropy:
             with torch.no_grad():
@@ -219,27 +223,9 @@ class PolicyWithValue(nn.Module):
         """(model, context manager) that computes the reference policy."""
         if self.ref_policy is not None:
             return self.ref_policy, nullcontext()
-        if "ref" in getattr(self.policy, "peft_config", {}):
-            return self.policy, _active_adapter(self.policy, "ref")
         if hasattr(self.policy, "disable_adapter"):
             return self.policy, self.policy.disable_adapter()
         raise PPOConfigError("no reference policy: pass ref_policy, or wrap the policy with LoRA")
-
-
-@contextmanager
-def _active_adapter(model, name: str) -> Iterator[None]:
-    """Run with adapter `name` active, then switch back (PEFT makes the active adapter trainable)."""
-    previous = model.active_adapter
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    model.set_adapter(name)
-    try:
-        yield
-    finally:
-        model.set_adapter(previous)
-        for p in model.parameters():
-            p.requires_grad_(False)
-        for p in trainable:
-            p.requires_grad_(True)
 
 
 def load_policy(path: str | Path, profile: Profile, temperature: float = 1.0) -> PolicyWithValue:
@@ -249,12 +235,6 @@ def load_policy(path: str | Path, profile: Profile, temperature: float = 1.0) ->
     from labkit.models import load_model, lora_config
 
     model = load_model(path, profile)
-    if hasattr(model, "peft_config"):  # 4-bit profile: keep training the SFT adapter itself
-        model.load_adapter(str(path), adapter_name="ref", is_trainable=False)
-        model.set_adapter("default")
-        for name, param in model.named_parameters():
-            param.requires_grad_("lora_" in name and ".default" in name)
-        return PolicyWithValue(model, temperature=temperature)
     if profile.lora_rank == 0:
         return PolicyWithValue(model, ref_policy=load_model(path, profile), temperature=temperature)
     return PolicyWithValue(get_peft_model(model, lora_config(profile)), temperature=temperature)
@@ -299,10 +279,15 @@ class PPOTrainer:
         self.model, self.tokenizer, self.score_fn, self.config = model, tokenizer, score_fn, config
         self.system_prompt = system_prompt
         self.kl_ctl = KLController(config.kl_coef, config.kl_target, config.kl_horizon)
+        upcast_trainable(model)  # fp32 trainable parameters, whatever the weights' dtype
         self.params = [p for p in model.parameters() if p.requires_grad]
         if not self.params:
             raise PPOConfigError("the model has no trainable parameters")
         self.optimizer = torch.optim.AdamW(self.params, lr=config.learning_rate)
+        # Mixed precision: autocast to the weights' half dtype; fp16 also needs loss scaling.
+        self.amp_dtype = compute_dtype(model.policy)
+        self.device_type = model.policy.device.type
+        self.scaler = torch.amp.GradScaler(self.device_type, enabled=self.amp_dtype == torch.float16)
         # Score normalization: set from the first rollout (None until then), or the identity.
         self.score_mean: float | None = None if config.normalize_scores else 0.0
         self.score_std: float | None = None if config.normalize_scores else 1.0
@@ -340,11 +325,12 @@ class PPOTrainer:
         logprobs, values, entropy, ref_logprobs = [], [], [], []
         for part in chunks(len(rows), cfg.micro):
             ids, att = batch["input_ids"][part], batch["attention_mask"][part]
-            lp, v, ent = self.model(ids, att, with_entropy=True)
+            with self.autocast():
+                lp, v, ent = self.model(ids, att, with_entropy=True)
+                ref_logprobs.append(self.model.ref_logprobs(ids, att))
             logprobs.append(lp)
             values.append(v)
             entropy.append(ent)
-            ref_logprobs.append(self.model.ref_logprobs(ids, att))
         logprobs, values, entropy, ref_logprobs = (torch.cat(x) for x in (logprobs, values, entropy, ref_logprobs))
         mask = batch["response_mask"]
 
@@ -368,7 +354,8 @@ class PPOTrainer:
         """PPO loss on the responses `idx` of a rollout: clipped policy loss + vf_coef * value loss."""
         cfg = self.config
         mask = ro.response_mask[idx]
-        logprobs, values, _ = self.model(ro.input_ids[idx], ro.attention_mask[idx])
+        with self.autocast():
+            logprobs, values, _ = self.model(ro.input_ids[idx], ro.attention_mask[idx])
         pg_loss, stats = policy_gradient_loss(logprobs, ro.logprobs[idx], ro.advantages[idx], mask,
                                               clip_low=cfg.cliprange, norm="token")
         vf_loss, vf_clip = value_loss(values, ro.values[idx], ro.returns[idx], mask, cfg.cliprange_value)
@@ -389,12 +376,20 @@ class PPOTrainer:
                 for micro in chunks(len(mb_idx), cfg.micro):
                     idx = mb_idx[micro].to(ro.input_ids.device)
                     loss, stats = self.loss(ro, idx)
-                    (loss * len(idx) / len(mb_idx)).backward()
+                    self.scaler.scale(loss * len(idx) / len(mb_idx)).backward()
                     for key, value in stats.items():
                         collected.setdefault(key, []).append(value)
+                self.scaler.unscale_(self.optimizer)  # true gradients before clipping (no-op in fp32/bf16)
                 nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
-                self.optimizer.step()
+                self.scaler.step(self.optimizer)      # skips the step if fp16 gradients overflowed
+                self.scaler.update()
         return {key: sum(v) / len(v) for key, v in collected.items()}
+
+    def autocast(self):
+        """Autocast to the weights' half dtype (fp16 / bf16 profiles); nothing on fp32."""
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device_type, dtype=self.amp_dtype)
 
     # -- 3. the loop ---------------------------------------------------------------------------
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from labkit.hardware import GiB, Hardware
 from labkit.memory import MODEL_SPECS, MemoryEstimate, ModelSpec, TrainPlan, check_fits, estimate_memory
 from labkit.profiles import Profile
@@ -10,7 +12,8 @@ TINY_VOCAB = 1024  # upper bound of the tiny tokenizer's vocabulary, for the est
 
 
 def model_spec(profile: Profile) -> ModelSpec:
-    """The architecture numbers of the profile's model (no download needed)."""
+    """The architecture numbers of the profile's model (no download needed): the tiny model's, a known
+    hub id's (labkit.memory.MODEL_SPECS), or those in a local folder's config.json."""
     if profile.model_id == "tiny":
         from transformers import Qwen3Config
 
@@ -18,14 +21,21 @@ def model_spec(profile: Profile) -> ModelSpec:
 
         return ModelSpec.from_config(Qwen3Config(vocab_size=TINY_VOCAB, tie_word_embeddings=True,
                                                  **TINY_MODEL))
-    if profile.model_id not in MODEL_SPECS:
-        raise KeyError(f"no architecture numbers for {profile.model_id!r}; add it to "
-                       f"labkit.memory.MODEL_SPECS (known: {sorted(MODEL_SPECS)})")
-    return MODEL_SPECS[profile.model_id]
+    if profile.model_id in MODEL_SPECS:
+        return MODEL_SPECS[profile.model_id]
+    config = Path(profile.model_id).expanduser() / "config.json"
+    if config.is_file():  # a local folder (e.g. a model downloaded by hand): read its own numbers
+        from transformers import AutoConfig
+
+        return ModelSpec.from_config(AutoConfig.from_pretrained(str(config.parent)))
+    raise KeyError(f"no architecture numbers for {profile.model_id!r}: pass a local folder with the "
+                   f"model's config.json, or add it to labkit.memory.MODEL_SPECS (known: {sorted(MODEL_SPECS)})")
 
 
 # Labs whose every example is a (chosen, rejected) pair: each step runs 2 x batch sequences.
 PAIRWISE_LABS = ("rm", "dpo")
+# Labs that train a sequence classifier with this many outputs (labkit.reward_model: num_labels=1).
+CLASSIFIER_LABS = {"rm": 1}
 # Labs that generate their training data: PPO (one response per prompt, plus a reward model)
 # and GRPO (num_generations responses per prompt, rule rewards).
 RL_LABS = ("ppo", "grpo", "grpo_compare")
@@ -35,11 +45,13 @@ def train_plan(profile: Profile, lab: str = "sft") -> TrainPlan:
     """The memory plan of training `lab` with `profile` (LoRA, batch, sequence, precision).
 
     lora_rank 0 means full fine-tuning. Reward-model and DPO batches hold pairs, so they count
-    twice the sequences. DPO, PPO and GRPO without LoRA also keep a frozen reference copy of the
-    model (with LoRA the reference is the same weights with the adapter switched off). PPO adds
-    a reward model of the policy's size; its value function is a head on the policy
-    (labkit.ppo), so `value_model` stays False here, and labkit.ppo does not use activation
-    checkpointing, so the PPO plan counts full activations whatever the profile says.
+    twice the sequences. The reward model is a one-output sequence classifier (`num_labels=1`):
+    a score head instead of the lm_head, so no vocabulary-sized logits. DPO, PPO and GRPO
+    without LoRA also keep a frozen reference copy of the model (with LoRA the reference is the
+    same weights with the adapter switched off). PPO adds a reward model of the policy's size;
+    its value function is a head on the policy (labkit.ppo), so `value_model` stays False here,
+    and labkit.ppo does not use activation checkpointing, so the PPO plan counts full
+    activations whatever the profile says.
     """
     common = dict(model=model_spec(profile), weight_dtype=profile.dtype, quant=profile.quant,
                   lora_rank=profile.lora_rank or None, lora_target_modules=tuple(profile.lora_targets),
@@ -56,7 +68,8 @@ def train_plan(profile: Profile, lab: str = "sft") -> TrainPlan:
     pairs = 2 if lab in PAIRWISE_LABS else 1
     return TrainPlan(**common, batch_size=profile.batch_size * pairs, seq_len=profile.max_length,
                      gradient_checkpointing=profile.gradient_checkpointing,
-                     ref_model=lab == "dpo" and not profile.lora_rank)
+                     ref_model=lab == "dpo" and not profile.lora_rank,
+                     num_labels=CLASSIFIER_LABS.get(lab))
 
 
 def preflight(profile: Profile, hardware: Hardware, lab: str = "sft",

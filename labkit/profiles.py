@@ -7,6 +7,7 @@ override any field by name. Nothing here imports torch or transformers.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -159,8 +160,11 @@ def get_profile(name: str = "auto", lab: str | None = None, hardware: Hardware |
     """Resolve `name` ("auto" picks from `hardware`), apply the lab's and the caller's overrides.
 
     Overrides whose value is None are ignored, so a parameters cell can say `MAX_STEPS = None`
-    to mean "the profile's default".
+    to mean "the profile's default". In a stand-in run (labkit.standin) GPU profiles get its
+    SMOKE sizes before the caller's overrides.
     """
+    from labkit.standin import SMOKE, world
+
     if name == "auto":
         if hardware is None:
             from labkit.hardware import detect
@@ -173,7 +177,12 @@ def get_profile(name: str = "auto", lab: str | None = None, hardware: Hardware |
         raise ProfileError(f"profile {name!r} needs a CUDA GPU but none was found; use 'cpu'")
     valid = {f.name for f in fields(Profile)}
     changes = dict(LAB_OVERRIDES.get(lab or "", {}).get(name, {}))
+    if world() is not None and profile.device == "cuda":
+        changes.update(SMOKE)
     changes.update({k: v for k, v in overrides.items() if v is not None})
+    if isinstance(changes.get("model_id"), str) and os.path.isdir(os.path.expanduser(changes["model_id"])):
+        # A local folder: stored absolute, because stages and kernels resolve it from other folders.
+        changes["model_id"] = os.path.abspath(os.path.expanduser(changes["model_id"]))
     unknown = sorted(set(changes) - valid)
     if unknown:
         raise ProfileError(f"unknown profile field(s) {unknown}; valid fields: {sorted(valid)}")

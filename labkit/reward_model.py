@@ -15,7 +15,7 @@ from transformers import AutoModelForSequenceClassification, PreTrainedModel
 from trl import RewardConfig
 
 from labkit.data import prompt_messages
-from labkit.models import base_weights, lora_config, quantization_config, torch_dtype
+from labkit.models import autocast, cpu_safe_4bit, device_map, lora_config, quantization_config, torch_dtype
 from labkit.profiles import Profile
 from labkit.trainer_args import common_args
 
@@ -41,21 +41,15 @@ def load_reward_model(path: str | Path, profile: Profile, tokenizer) -> PreTrain
     """A one-output sequence classifier from a local folder: a trained reward model, or a causal
     LM whose LM head is replaced by a new, randomly initialised score head (num_labels=1).
 
-    A LoRA adapter folder (the "rm" stage on quantized profiles) is loaded on top of its base.
     The head reads each row's last non-pad token, so the model gets `tokenizer`'s pad id.
     """
-    from peft import PeftModel
-
-    weights, adapter = base_weights(path)
     model = AutoModelForSequenceClassification.from_pretrained(
-        str(weights), num_labels=1, dtype=torch_dtype(profile),
-        quantization_config=quantization_config(profile),
-        device_map="auto" if profile.device == "cuda" else None,
+        str(path), num_labels=1, dtype=torch_dtype(profile),
+        quantization_config=quantization_config(profile), device_map=device_map(profile),
     )
-    if adapter:
-        model = PeftModel.from_pretrained(model, str(path))
     model.config.pad_token_id = tokenizer.pad_token_id
-    return model
+    model.score.float()  # a trainable head stays fp32 (an fp16 one breaks fp16 training's GradScaler)
+    return cpu_safe_4bit(model)
 
 
 @torch.no_grad()
@@ -68,7 +62,8 @@ def score(model, tokenizer, conversations: list[list[dict]], batch_size: int = 6
     for start in range(0, len(texts), batch_size):
         batch = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
                           add_special_tokens=False).to(model.device)
-        scores += model(**batch).logits[:, 0].float().tolist()
+        with autocast(model):
+            scores += model(**batch).logits[:, 0].float().tolist()
     return scores
 
 
@@ -111,9 +106,7 @@ def pair_accuracy(model, tokenizer, rows: list[dict], system_prompt: str | None 
 def train_reward_model(profile: Profile, sft_path: str | Path, out: Path, seed: int = 0) -> dict:
     """Train a reward model from the SFT model on the profile's preference pairs; save it to `out`.
 
-    On a quantized profile the SFT stage is a LoRA adapter; the reward model then starts from the
-    adapter's base model (a sequence classifier cannot load a causal-LM adapter) and saves its own
-    adapter. Returns the training log and the held-out pair accuracy.
+    Returns the training log and the held-out pair accuracy.
     """
     from trl import RewardTrainer
 
@@ -123,16 +116,15 @@ def train_reward_model(profile: Profile, sft_path: str | Path, out: Path, seed: 
     from labkit.preflight import preflight
 
     preflight(profile, detect(), lab="rm")
-    start, _ = base_weights(sft_path)
-    tokenizer = load_tokenizer(start, padding_side="right")
-    model = load_reward_model(start, profile, tokenizer)
+    tokenizer = load_tokenizer(sft_path, padding_side="right")
+    model = load_reward_model(sft_path, profile, tokenizer)
     train = pair_dataset(load_preferences(profile.pref_dataset, "train"), profile.system_prompt)
     heldout_rows = load_preferences(profile.pref_dataset, "heldout")
     trainer = RewardTrainer(model=model, args=reward_config(profile, out / "trainer", seed),
                             train_dataset=train, processing_class=tokenizer,
                             peft_config=rm_lora_config(profile))
     trainer.train()
-    model = save_model(trainer.model, tokenizer, out, start)
+    model = save_model(trainer.model, tokenizer, out, sft_path)
     heldout = pair_accuracy(model, tokenizer, heldout_rows, profile.system_prompt,
                             batch_size=profile.eval_batch_size)
     return {"log_history": trainer.state.log_history, "heldout_pair_acc": heldout.accuracy,

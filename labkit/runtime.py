@@ -6,6 +6,7 @@ HF_HUB_OFFLINE, HF_ENDPOINT and the cache locations when they are imported.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import warnings
@@ -27,7 +28,10 @@ def configure_process(profile: Profile) -> None:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    if profile.device == "cpu":
+    from labkit.standin import world
+
+    on_cpu = profile.device == "cpu" or world() is not None  # a stand-in run computes on the CPU
+    if on_cpu:
         # One OpenMP thread: on 2 shared cores, 2 threads made a 0.7 s run take 10.7 s.
         os.environ["OMP_NUM_THREADS"] = "1"
         os.environ["MKL_NUM_THREADS"] = "1"
@@ -36,10 +40,16 @@ def configure_process(profile: Profile) -> None:
         os.environ["HF_DATASETS_OFFLINE"] = "1"
     import torch
 
-    if profile.device == "cpu":
+    if on_cpu:
         torch.set_num_threads(1)
-    # Known harmless noise: bitsandbytes looks for an optional CPU kernel package.
+    if world() is not None and profile.dtype == "fp16":
+        from labkit.standin import emulate_fp16_amp
+
+        emulate_fp16_amp()  # the T4's fp16 autocast + GradScaler, on the CPU
+    # Known harmless noise: bitsandbytes looks for an optional CPU kernel package (a warning in
+    # some versions, a log record in 0.50).
     warnings.filterwarnings("ignore", message=".*kernels-community.*")
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     # TRL 1.16 still calls a transformers 5 method that was renamed; nothing for a student to do.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 

@@ -96,7 +96,10 @@ def recipe(name: str, profile: Profile) -> dict:
     return {
         "stage": name, "version": VERSIONS[name],
         "profile": {k: canonical[k] for k in KEY_FIELDS[name]},
-        "constants": builder_constants(name, profile),
+        "constants": {**builder_constants(name, profile),
+                      # GPU stages since layout 2: QLoRA merged into full weights (it was an adapter
+                      # folder), and a tokenizer whose eos is the chat's <|im_end|>
+                      **({"gpu_layout": 2} if not is_tiny and name != "base" else {})},
         "data": {f: _file_hash(DATA_DIR / f)[:16] for f in DATA_FILES[name]} if is_tiny else {},
         "upstream": {d: stage_key(d, profile) for d in DEPENDS[name]},
     }
@@ -444,7 +447,9 @@ def build_base(profile: Profile, out: Path, deps: dict[str, Path]) -> dict:
     if profile.model_id != "tiny":
         from labkit.hub import resolve_model
 
-        (out / "model_path.txt").write_text(resolve_model(profile.model_id), encoding="utf-8")
+        # An absolute path: the stage is read later from other working directories.
+        path = Path(resolve_model(profile.model_id)).resolve()
+        (out / "model_path.txt").write_text(str(path), encoding="utf-8")
         return {"model_id": profile.model_id}
     from labkit import tiny
     from labkit.data import load_split

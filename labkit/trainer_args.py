@@ -9,9 +9,15 @@ from labkit.profiles import Profile
 
 
 def precision_args(profile: Profile) -> dict[str, bool]:
-    """TRL configs default to bf16, which fails on a CPU and on a T4: say it explicitly."""
-    return {"use_cpu": profile.device == "cpu", "bf16": profile.dtype == "bf16",
-            "fp16": profile.dtype == "fp16"}
+    """TRL configs default to bf16, which fails on a CPU and on a T4: say it explicitly.
+
+    use_cpu is also set when a GPU profile runs without a GPU (a stand-in run, labkit.standin):
+    transformers refuses bf16 there unless told that the CPU is meant.
+    """
+    from labkit.hardware import compute_device
+
+    return {"use_cpu": profile.device == "cpu" or compute_device() == "cpu",
+            "bf16": profile.dtype == "bf16", "fp16": profile.dtype == "fp16"}
 
 
 def common_args(profile: Profile, output_dir: str | Path, *, max_steps: int | None = None,

@@ -26,11 +26,12 @@
 # %% tags=["parameters"]
 PROFILE = "auto"   # "auto" | "cpu" | "t4" | "24gb" | "80gb"
 SEED = 0
+MODEL_ID = None       # None: the profile's model; or a hub id / a local folder with the weights
 
 # %%
 from labkit.runtime import setup
 
-profile = setup(PROFILE, lab="env", seed=SEED)
+profile = setup(PROFILE, lab="env", seed=SEED, model_id=MODEL_ID)
 
 # %% [markdown]
 # ## 硬件配置一览

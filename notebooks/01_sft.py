@@ -32,6 +32,7 @@
 # %% tags=["parameters"]
 PROFILE = "auto"      # "auto" | "cpu" | "t4" | "24gb" | "80gb"
 SEED = 0
+MODEL_ID = None       # None: the profile's model; or a hub id / a local folder with the weights
 MAX_STEPS = None      # None: use the profile's default
 LEARNING_RATE = None
 EVAL_LIMIT = None     # number of held-out problems to evaluate (None: profile default)
@@ -39,7 +40,7 @@ EVAL_LIMIT = None     # number of held-out problems to evaluate (None: profile d
 # %%
 from labkit.runtime import setup
 
-profile = setup(PROFILE, lab="sft", seed=SEED, max_steps=MAX_STEPS,
+profile = setup(PROFILE, lab="sft", seed=SEED, model_id=MODEL_ID, max_steps=MAX_STEPS,
                 learning_rate=LEARNING_RATE, eval_limit=EVAL_LIMIT)
 
 # %% [markdown]
@@ -132,6 +133,13 @@ if profile.model_id == "tiny":
 # 在微型模型上，纯文本提问的准确率远高于对话格式：基座"会算"，只是不会按对话格式作答。
 # SFT 要解决的正是格式与指令遵循。（GPU 配置的真实基座模型不做这一步对照。）
 #
+# **t4 配置与"思考"模式。** `Qwen/Qwen3-0.6B` 是带思考模式的对话模型：它的聊天模板默认让模型先在
+# `<think>` 里自由推理，常常写上千个 token。本课程所有配置都用同一个生成预算（`max_new_tokens`，t4 为 384），
+# 不关闭思考（`enable_thinking` 保持默认），系统提示要求"在 `<think>` 里推理、`</think>` 后只给数字"。
+# 所以 t4 上"训练前"的准确率主要量的是：模型能否在预算内收尾并给出答案——它自己的长推理多半被截断，准确率很低，
+# 这不等于它不会算。SFT 教会它用短推理作答，训练后的提升主要来自这一点。`24gb` / `80gb` 用的是基座模型
+# `Qwen3-1.7B-Base`，没有思考习惯，情形与微型模型相同。
+#
 # ## 第三步：构造 SFTTrainer，并手写标签掩码对照
 #
 # 先用 `labkit.sft.sft_config` 得到本配置的 `SFTConfig`（关键项：`assistant_only_loss=True`、
@@ -149,23 +157,37 @@ print({k: getattr(args, k) for k in ["max_steps", "per_device_train_batch_size",
 # %% [markdown]
 # 手写版本：把"提示 + 助手头"（`add_generation_prompt=True`）单独分词，它是完整对话分词结果的前缀；
 # 前缀之后、直到（包括）助手回复的 `<|im_end|>` 为止的 token 是要学习的部分，其余标签为 $-100$。
+#
+# 哪些 token 算"助手回复"由聊天模板里的 `{% generation %}` 块决定。微型模型的模板自带这个块，块在 `<|im_end|>` 处结束；
+# Qwen3 的官方模板没有这个块，TRL 会换上自己的 Qwen3 训练模板（`trainer.chat_template`），
+# 它的块把 `<|im_end|>` 后面的换行也包了进去，所以 GPU 配置下换行也要学。手写版本用同一个模板、同一条规则。
 
 # %%
 # NBVAL_CHECK_OUTPUT  (nbval compares this cell's output with the committed one)
-def labels_by_hand(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
-    """(input_ids, labels) with labels = -100 everywhere except the assistant reply."""
-    full = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
-    prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=True, add_generation_prompt=True,
-                                           return_dict=True)["input_ids"]
+def labels_by_hand(tokenizer, messages: list[dict], chat_template: str | None = None,
+                   newline_after_eos: bool = False) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) with labels = -100 everywhere except the assistant reply (through
+    <|im_end|>, and the newline after it when the template's generation block holds it)."""
+    render = dict(tokenize=True, return_dict=True, chat_template=chat_template)
+    full = tokenizer.apply_chat_template(messages, **render)["input_ids"]
+    prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, **render)["input_ids"]
     assert full[:len(prompt)] == prompt, "the prompt must be a prefix of the full conversation"
-    end = len(full) - full[::-1].index(tokenizer.eos_token_id)   # just after the last <|im_end|>
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")              # ends every turn of the chat
+    end = len(full) - full[::-1].index(im_end) + newline_after_eos      # just after the last <|im_end|> (+ "\n")
     labels = [-100] * len(prompt) + full[len(prompt):end] + [-100] * (len(full) - end)
     return full, labels
 
 
+# TRL swapped in its own training template only when the tokenizer's had no {% generation %} block.
+template = trainer.chat_template
+newline_after_eos = template is not None and "<|im_end|>\\n' }}\n        {%- endgeneration" in template
+if template is not None:
+    print("TRL's training template is in use; it trains the newline after <|im_end|>:", newline_after_eos)
 trl_batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
 for i in range(4):
-    ids_hand, labels_hand = labels_by_hand(tokenizer, sft_messages(train_rows[i], profile.system_prompt))
+    ids_hand, labels_hand = labels_by_hand(tokenizer, sft_messages(train_rows[i], profile.system_prompt),
+                                           template, newline_after_eos)
+    ids_hand, labels_hand = ids_hand[:args.max_length], labels_hand[:args.max_length]  # TRL truncates too
     n = len(ids_hand)
     assert trl_batch["input_ids"][i, :n].tolist() == ids_hand
     assert trl_batch["labels"][i, :n].tolist() == labels_hand, f"row {i}: masks differ"

@@ -28,6 +28,7 @@
 # %% tags=["parameters"]
 PROFILE = "auto"      # "auto" | "cpu" | "t4" | "24gb" | "80gb"
 SEED = 0
+MODEL_ID = None       # None: the profile's model; or a hub id / a local folder with the weights
 MAX_STEPS = None      # None: the profile's default for this lab
 LEARNING_RATE = None
 SAMPLE_QUESTIONS = 150  # held-out questions the SFT policy answers afresh (section 6)
@@ -36,7 +37,8 @@ SAMPLES_PER_QUESTION = 4
 # %%
 from labkit.runtime import setup
 
-profile = setup(PROFILE, lab="rm", seed=SEED, max_steps=MAX_STEPS, learning_rate=LEARNING_RATE)
+profile = setup(PROFILE, lab="rm", seed=SEED, model_id=MODEL_ID, max_steps=MAX_STEPS,
+                learning_rate=LEARNING_RATE)
 
 # %% [markdown]
 # ## 理论回顾
@@ -69,7 +71,7 @@ from labkit.algorithms import bradley_terry_loss
 from labkit.data import load_problems, prompt_messages
 from labkit.evaluate import generate
 from labkit.hardware import detect
-from labkit.models import load_model, load_tokenizer
+from labkit.models import autocast, load_model, load_tokenizer
 from labkit.plotting import plot_bars, plot_hist, plot_metrics
 from labkit.preferences import load_preferences, pair_dataset
 from labkit.preflight import preflight
@@ -146,13 +148,17 @@ for i, row in enumerate(check_rows):
 print(f"hand-rendered tokens == TRL's for {B} pairs ({2 * B} rows)")
 
 trainer.model.eval()
-with torch.no_grad():
-    hidden = trainer.model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+# With LoRA the trainer holds a PeftModel: get_base_model() is the classifier (LoRA layers still active),
+# whose .model is the transformer body and .score the head. GPU profiles run in fp16 / bf16 under autocast.
+classifier = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
+with torch.no_grad(), autocast(trainer.model):
+    hidden = classifier.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
     last = batch["attention_mask"].sum(dim=1) - 1                 # index of the last real token (right padding)
     h_last = hidden[torch.arange(2 * B), last]                      # [2B, hidden]
-    scores_by_hand = (h_last @ trainer.model.score.weight.T).squeeze(-1)
-    scores_model = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.squeeze(-1)
-assert torch.allclose(scores_by_hand, scores_model, atol=1e-5)
+    scores_by_hand = (h_last @ classifier.score.weight.T).squeeze(-1).float()
+    scores_model = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.squeeze(-1).float()
+tolerance = 1e-5 if profile.dtype == "fp32" else 2e-2  # fp16 / bf16 round the head's matmul
+assert torch.allclose(scores_by_hand, scores_model, atol=tolerance)
 r_w, r_l = scores_by_hand[:B], scores_by_hand[B:]
 loss_by_hand = -F.logsigmoid(r_w - r_l).mean()
 assert torch.allclose(loss_by_hand, bradley_terry_loss(r_w, r_l), atol=1e-6)   # labkit's version agrees
@@ -161,8 +167,8 @@ trl_eval = trainer.evaluate()
 print(f"loss      by hand {loss_by_hand.item():.6f}   TRL {trl_eval['eval_loss']:.6f}   (log 2 = {np.log(2):.6f})")
 print(f"accuracy  by hand {(r_w > r_l).float().mean().item():.4f}     TRL {trl_eval['eval_accuracy']:.4f}")
 print(f"margin    by hand {(r_w - r_l).mean().item():.6f}   TRL {trl_eval['eval_margin']:.6f}")
-assert abs(loss_by_hand.item() - trl_eval["eval_loss"]) < 1e-4
-assert abs((r_w - r_l).mean().item() - trl_eval["eval_margin"]) < 1e-4
+assert abs(loss_by_hand.item() - trl_eval["eval_loss"]) < max(tolerance, 1e-4)
+assert abs((r_w - r_l).mean().item() - trl_eval["eval_margin"]) < max(tolerance, 1e-4)
 
 # %% [markdown]
 # 训练前打分头是随机的（初始化的数值很小），分数和分差 $r_w-r_l$ 都接近 0，所以损失在 $\log 2\approx0.69$ 附近：

@@ -27,6 +27,7 @@
 # %% tags=["parameters"]
 PROFILE = "auto"      # "auto" | "cpu" | "t4" | "24gb" | "80gb"
 SEED = 0
+MODEL_ID = None       # None: the profile's model; or a hub id / a local folder with the weights
 MAX_STEPS = None      # None: the profile's default for this lab (the same budget for every variant)
 LEARNING_RATE = None
 BETA = None           # None: the profile's beta (0.1)
@@ -37,8 +38,8 @@ EVAL_LIMIT = None
 # %%
 from labkit.runtime import setup
 
-profile = setup(PROFILE, lab="dpo", seed=SEED, max_steps=MAX_STEPS, learning_rate=LEARNING_RATE,
-                beta=BETA, eval_limit=EVAL_LIMIT)
+profile = setup(PROFILE, lab="dpo", seed=SEED, model_id=MODEL_ID, max_steps=MAX_STEPS,
+                learning_rate=LEARNING_RATE, beta=BETA, eval_limit=EVAL_LIMIT)
 
 # %% [markdown]
 # ## 理论回顾
@@ -79,7 +80,7 @@ from labkit.data import load_problems
 from labkit.dpo import dpo_config, train_dpo
 from labkit.evaluate import evaluate_accuracy
 from labkit.hardware import detect
-from labkit.models import load_model, load_tokenizer, lora_config
+from labkit.models import free_memory, load_model, load_tokenizer, lora_config
 from labkit.plotting import plot_bars, plot_metrics
 from labkit.preferences import load_preferences, pair_dataset
 from labkit.preflight import preflight
@@ -212,26 +213,32 @@ pd.DataFrame({"question": [eval_rows[i]["question"] for i in broken[:6]],
 # 注意隐式奖励 $\beta h$ 随 $\beta$ 缩放，所以比较不同 $\beta$ 时也看未缩放的对数比分差 $h_w-h_l$ = margin / β。
 
 # %%
-runs = {f"sigmoid β={args.beta}": trainer}
+# Keep each variant's curves and held-out evaluation, then free it before training the next one:
+# on a GPU, five trainers (and the SFT copy) at once would not fit next to the training peak.
+histories = {f"sigmoid β={args.beta}": trainer.state.log_history}
+evals = {f"sigmoid β={args.beta}": (heldout_eval, args.beta)}
+del sft_model
+free_memory()
 variants = [(f"sigmoid β={b}", "sigmoid", b) for b in SWEEP_BETAS] + [(f"ipo τ={IPO_BETA}", "ipo", IPO_BETA)]
 for name, loss_type, b in variants:
-    runs[name] = train_dpo(profile, sft_dir, train_ds, f"outputs/03_dpo_{loss_type}_{b}", beta=b,
-                           loss_type=loss_type, eval_dataset=heldout_ds, seed=SEED)
+    run = train_dpo(profile, sft_dir, train_ds, f"outputs/03_dpo_{loss_type}_{b}", beta=b,
+                    loss_type=loss_type, eval_dataset=heldout_ds, seed=SEED)
+    histories[name], evals[name] = run.state.log_history, (run.evaluate(), b)
+    del run
+    free_memory()
 
 results = []
-for name, run in runs.items():
-    ev = heldout_eval if run is trainer else run.evaluate()
-    b = run.args.beta
+for name, (ev, b) in evals.items():
     results.append({"variant": name, "held-out pref acc": round(ev["eval_rewards/accuracies"], 3),
                     "margin (β·Δh)": round(ev["eval_rewards/margins"], 3),
                     "log-ratio gap Δh": round(ev["eval_rewards/margins"] / b, 2),
                     "chosen logp": round(ev["eval_logps/chosen"], 2),
                     "rejected logp": round(ev["eval_logps/rejected"], 2)})
 results = pd.DataFrame(results)
-sigmoid_runs = {k: v.state.log_history for k, v in runs.items() if k.startswith("sigmoid")}
+sigmoid_runs = {k: v for k, v in histories.items() if k.startswith("sigmoid")}
 fig = plot_metrics(sigmoid_runs, ["rewards/margins", "rewards/accuracies", "logps/chosen"],
                    title="β 扫描 / beta sweep (sigmoid DPO)")
-fig = plot_metrics({k: v.state.log_history for k, v in runs.items() if k in (f"sigmoid β={args.beta}", variants[-1][0])},
+fig = plot_metrics({k: v for k, v in histories.items() if k in (f"sigmoid β={args.beta}", variants[-1][0])},
                    ["loss", "rewards/accuracies", "logps/chosen"], title="DPO 与 IPO / DPO vs IPO")
 results
 

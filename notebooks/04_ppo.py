@@ -30,6 +30,7 @@
 # %% tags=["parameters"]
 PROFILE = "auto"      # "auto" | "cpu" | "t4" | "24gb" | "80gb"
 SEED = 0
+MODEL_ID = None       # None: the profile's model; or a hub id / a local folder with the weights
 MAX_STEPS = None      # PPO steps; None: the profile's default for this lab
 LEARNING_RATE = None
 KL_COEF = 0.1         # beta of the per-token KL penalty
@@ -42,8 +43,8 @@ EVAL_LIMIT = None
 # %%
 from labkit.runtime import setup
 
-profile = setup(PROFILE, lab="ppo", seed=SEED, max_steps=MAX_STEPS, learning_rate=LEARNING_RATE,
-                eval_limit=EVAL_LIMIT)
+profile = setup(PROFILE, lab="ppo", seed=SEED, model_id=MODEL_ID, max_steps=MAX_STEPS,
+                learning_rate=LEARNING_RATE, eval_limit=EVAL_LIMIT)
 
 # %% [markdown]
 # ## 理论回顾
@@ -84,7 +85,7 @@ from labkit.data import load_problems, prompt_messages
 from labkit.evaluate import evaluate_accuracy, generate
 from labkit.hardware import detect
 from labkit.memory import estimate_memory
-from labkit.models import load_tokenizer
+from labkit.models import autocast, load_tokenizer
 from labkit.plotting import plot_bars, plot_metrics
 from labkit.ppo import PPOTrainer, load_policy, ppo_config, shape_rewards, value_loss
 from labkit.preflight import preflight, train_plan
@@ -168,9 +169,10 @@ mask = ro.response_mask
 for row, text, s in list(zip(ro.rows, ro.responses, ro.raw_scores.tolist()))[:3]:
     print(f"gold {row['answer']:>3}  RM {s:5.2f}  {text}")
 
-# (a) log-probs (temperature 1): the policy's, and the reference's (with LoRA: the adapter switched off)
+# (a) log-probs (temperature 1): the policy's, and the reference's (with LoRA: the adapter switched off),
+# in the mixed precision labkit.ppo runs them in (autocast to fp16 / bf16 on GPU profiles; none on cpu)
 ref_model, ref_context = policy.reference()
-with torch.no_grad():
+with torch.no_grad(), autocast(policy.policy):
     logp = response_logprobs(policy.policy, ro.input_ids, ro.attention_mask, mask)
     with ref_context:
         ref_logp = response_logprobs(ref_model, ro.input_ids, ro.attention_mask, mask)
@@ -212,7 +214,8 @@ assert torch.allclose(whitened, ro.advantages, atol=1e-5)
 # (e) the losses after one more update on this rollout, so that the ratio rho is no longer 1
 demo.update(ro)
 idx = torch.arange(len(ro.rows))
-new_logp, new_values, _ = policy(ro.input_ids, ro.attention_mask)
+with autocast(policy.policy):
+    new_logp, new_values, _ = policy(ro.input_ids, ro.attention_mask)
 ratio = torch.exp(new_logp - ro.logprobs)
 pg = -torch.min(ratio * whitened, ratio.clamp(1 - config.cliprange, 1 + config.cliprange) * whitened)
 pg_loss = masked_mean(pg, mask)

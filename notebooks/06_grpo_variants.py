@@ -27,6 +27,7 @@
 # %% tags=["parameters"]
 PROFILE = "auto"      # "auto" | "cpu" | "t4" | "24gb" | "80gb"
 SEED = 0
+MODEL_ID = None       # None: the profile's model; or a hub id / a local folder with the weights
 MAX_STEPS = None      # steps per variant; None: the profile's default for this lab
 LEARNING_RATE = None
 VARIANTS = ("grpo", "dapo", "dr_grpo", "rloo")
@@ -36,8 +37,8 @@ EVAL_LIMIT = None
 # %%
 from labkit.runtime import setup
 
-profile = setup(PROFILE, lab="grpo_compare", seed=SEED, max_steps=MAX_STEPS, learning_rate=LEARNING_RATE,
-                eval_limit=EVAL_LIMIT)
+profile = setup(PROFILE, lab="grpo_compare", seed=SEED, model_id=MODEL_ID, max_steps=MAX_STEPS,
+                learning_rate=LEARNING_RATE, eval_limit=EVAL_LIMIT)
 
 # %% [markdown]
 # ## 理论回顾
@@ -73,7 +74,7 @@ from labkit.data import load_problems
 from labkit.evaluate import evaluate_accuracy
 from labkit.grpo import TRAIN_LEVELS, VARIANTS as ALL_VARIANTS, make_trainer, rl_dataset
 from labkit.hardware import detect
-from labkit.models import adapter_to_train, load_model, load_tokenizer
+from labkit.models import load_model, load_tokenizer, lora_config
 from labkit.plotting import plot_bars, plot_metrics
 from labkit.preflight import preflight
 from labkit.rewards import overlong_penalty
@@ -170,7 +171,7 @@ for name in VARIANTS:
     torch.manual_seed(SEED)
     policy = load_model(sft_dir, profile)
     trainer = make_trainer(name, profile, policy, tokenizer, train_set, f"outputs/06_{name}", seed=SEED,
-                           peft_config=adapter_to_train(policy, profile))
+                           peft_config=lora_config(profile))
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start

@@ -30,6 +30,7 @@
 # %% tags=["parameters"]
 PROFILE = "auto"      # "auto" | "cpu" | "t4" | "24gb" | "80gb"
 SEED = 0
+MODEL_ID = None       # None: the profile's model; or a hub id / a local folder with the weights
 MAX_N = 32            # samples per question, a power of 2 (curves at N in 1, 2, 4, ..., MAX_N)
 TEMPERATURE = 1.0     # sampling temperature (> 0); 1.0 is what the GRPO policy was trained with
 HARD_LEVEL = 3        # the level with headroom: the headline metrics are measured on it
@@ -40,7 +41,7 @@ GRPO_N = 16           # samples per hard question from the GRPO policy
 # %%
 from labkit.runtime import setup
 
-profile = setup(PROFILE, lab="best_of_n", seed=SEED, eval_limit=HARD_LIMIT)
+profile = setup(PROFILE, lab="best_of_n", seed=SEED, model_id=MODEL_ID, eval_limit=HARD_LIMIT)
 
 # %% [markdown]
 # ## 理论回顾
@@ -153,17 +154,20 @@ print(f"true pass@{k_small} = {1 - (1 - p_true) ** k_small:.4f} | mean unbiased 
 
 # %%
 demo = bon.sample_n(policy, tokenizer, hard_rows[:8], profile, 8, temperature=TEMPERATURE, desc="demo")
-q = max(range(8), key=lambda i: len(set(demo.answers[i])))   # the question with the most distinct answers
+q = max(range(len(demo.answers)), key=lambda i: len(set(demo.answers[i])))   # the most distinct answers
 answers, correct = demo.answers[q], demo.correct[q]
 fake_scores = list(rng.normal(size=8))
 votes = Counter(bon.answer_key(a) for a in answers if a is not None)
-top_answer = max(votes, key=votes.get)
-majority_by_hand = [bon.answer_key(a) for a in answers].index(top_answer)
+top_answer = max(votes, key=votes.get, default=None)   # None: no sample has a parseable answer
+assert top_answer == bon.top_answer(answers)
+keys = [bon.answer_key(a) for a in answers]
+majority_by_hand = keys.index(top_answer) if top_answer is not None else 0   # then every rule picks sample 0
 weights: dict[str, float] = {}
 for a, s in zip(answers, fake_scores):
     if a is not None:
         weights[bon.answer_key(a)] = weights.get(bon.answer_key(a), 0.0) + math.exp(s)
-weighted_by_hand = [bon.answer_key(a) for a in answers].index(max(weights, key=weights.get))
+weighted_top = max(weights, key=weights.get, default=None)
+weighted_by_hand = keys.index(weighted_top) if weighted_top is not None else 0
 rm_by_hand = int(np.argmax(fake_scores))
 print("question:", hard_rows[q]["question"], "| gold:", hard_rows[q]["answer"])
 print("answers:", answers, "\ncorrect:", correct, "\nvotes:", dict(votes))

@@ -80,6 +80,24 @@ def test_rules_pick_by_hand():
         bon.weighted_vote(answers, correct, None)
 
 
+def test_top_answer_is_none_without_a_parseable_answer():
+    # Lab 07's selection-rule demo: a question whose samples all lack a final answer has no
+    # vote winner (max() over the empty vote count raised ValueError); the rules then pick sample 0.
+    assert bon.top_answer([None, None, None]) is None
+    assert bon.top_answer([]) is None
+    assert bon.top_answer([None, None], weights=[1.0, 5.0]) is None
+    assert bon.majority_vote([None] * 3, [], None) == bon.weighted_vote([None] * 3, [], [1.0, 2.0, 3.0]) == 0
+
+
+def test_top_answer_counts_votes_by_value():
+    assert bon.top_answer(["36", None, "4", "36.0", "4", "36"]) == "36"  # "36.0" votes for 36
+    assert bon.top_answer(["8", "9", "9", "8"]) == "8"                    # tie: the answer seen first
+    assert bon.top_answer(["1/2", "0.5", "3"]) == bon.answer_key("0.5")
+    assert bon.top_answer(["5", "7", "7"], weights=[3.0, 1.0, 1.0]) == "5"
+    with pytest.raises(ValueError, match="2 answers but 3 weights"):
+        bon.top_answer(["5", "7"], weights=[1.0, 1.0, 1.0])
+
+
 def test_weighted_vote_is_a_vote_not_an_argmax():
     # one high-scored "5" against three medium "7"s: 3 e^0 > e^0.5, so "7" wins; at a larger gap "5" wins
     assert bon.weighted_vote(["5", "7", "7", "7"], [], [2.5, 2.0, 2.0, 2.0]) == 1

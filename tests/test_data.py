@@ -464,21 +464,24 @@ def test_gsm8k_bad_arguments(tmp_path):
         load_gsm8k("test", path=broken)
 
 
-def test_gsm8k_hub_id_goes_through_load_dataset(monkeypatch):
-    import datasets
+def test_gsm8k_hub_id_goes_through_resolve_dataset(monkeypatch, tmp_path):
+    """A hub id is fetched by labkit.hub.resolve_dataset (mirror / offline aware) and read from the
+    snapshot's main/ folder, as the hub lays GSM8K out."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
+    from labkit import hub
+
+    (tmp_path / "main").mkdir()
+    for split in ("train", "test"):
+        pq.write_table(pa.Table.from_pylist(GSM8K_ROWS[:2]), tmp_path / "main" / f"{split}-00000-of-00001.parquet")
     calls = []
-
-    def fake_load_dataset(path, name, split):
-        calls.append((path, name, split))
-        return GSM8K_ROWS[:2]
-
-    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    monkeypatch.setattr(hub, "resolve_dataset", lambda dataset_id: calls.append(dataset_id) or str(tmp_path))
     rows = load_problems("gsm8k", "eval", limit=1)
-    assert calls == [("openai/gsm8k", "main", "test")]
+    assert calls == ["openai/gsm8k"]
     assert [r["id"] for r in rows] == ["gsm8k-test-00000"]
-    load_gsm8k("train", path="someone/gsm8k-copy")
-    assert calls[-1] == ("someone/gsm8k-copy", "main", "train")
+    assert load_gsm8k("train", path="someone/gsm8k-copy")[0]["id"] == "gsm8k-train-00000"
+    assert calls[-1] == "someone/gsm8k-copy"
 
 
 def test_load_problems_dispatch(splits):

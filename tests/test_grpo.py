@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
+import inspect
+
 import pytest
 import torch
-from trl import GRPOTrainer, RLOOTrainer
+from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
+from trl.import_utils import is_vllm_available
 
+from labkit import grpo
 from labkit.grpo import (VARIANTS, DynamicSamplingGRPOTrainer, GRPOSetupError, accumulation_steps,
                          grpo_config, make_trainer, replace_groups, reward_setup, rl_dataset,
-                         zero_std_groups)
+                         use_vllm, zero_std_groups)
+from labkit.memory import GiB, estimate_memory
+from labkit.preflight import train_plan
 from labkit.profiles import get_profile
 
 
@@ -65,6 +73,82 @@ def test_grpo_config_states_the_grpo_choices_explicitly(tmp_path):
     assert config.epsilon_high is None       # the trainer then clips symmetrically
     assert (config.temperature, config.top_k, config.top_p) == (1.0, 0, 1.0)
     assert config.use_vllm is False
+
+
+# ---------------------------------------------------------------- vLLM gating
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """CUDA available and vLLM installed at the version the test sets (default 0.25.0)."""
+    installed = {"version": "0.25.0"}
+    find_spec, version = importlib.util.find_spec, importlib.metadata.version
+
+    def fake_find_spec(name, *args, **kwargs):
+        if name == "vllm":
+            return None if installed["version"] is None else object()
+        return find_spec(name, *args, **kwargs)
+
+    def fake_version(name):
+        return installed["version"] if name == "vllm" else version(name)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(importlib.util, "find_spec", fake_find_spec)
+    monkeypatch.setattr(importlib.metadata, "version", fake_version)
+    monkeypatch.setattr(grpo, "_cuda_vram_gb", lambda: 24.0)
+    return installed
+
+
+def test_use_vllm_on_for_a_supported_vllm_that_fits(fake_gpu):
+    on, reason = use_vllm(get_profile("24gb", lab="grpo"), vram_gb=24.0)
+    assert on and "0.25.0" in reason and "30%" in reason
+    fake_gpu["version"] = "0.24.0+cu129"  # local tags do not count, as in TRL
+    assert use_vllm(get_profile("24gb", lab="grpo"), vram_gb=24.0)[0]
+
+
+def test_use_vllm_off_without_cuda_for_quantized_models_and_cpu_profiles(fake_gpu, monkeypatch):
+    on, reason = use_vllm(get_profile("t4", lab="grpo"), vram_gb=16.0)  # 4-bit QLoRA
+    assert not on and "4bit" in reason
+    assert not use_vllm(get_profile("cpu", lab="grpo"), vram_gb=80.0)[0]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # e.g. a stand-in GPU run
+    on, reason = use_vllm(get_profile("24gb", lab="grpo"), vram_gb=24.0)
+    assert not on and "CUDA" in reason
+
+
+@pytest.mark.parametrize("version, reason", [(None, "not installed"), ("0.21.0", "outside"),
+                                             ("0.32.0", "outside")])
+def test_use_vllm_off_for_missing_or_unsupported_vllm(fake_gpu, version, reason):
+    fake_gpu["version"] = version
+    on, why = use_vllm(get_profile("24gb", lab="grpo"), vram_gb=24.0)
+    assert not on and reason in why
+
+
+def test_use_vllm_off_when_training_does_not_fit_next_to_vllms_share(fake_gpu):
+    profile = get_profile("24gb", lab="grpo")
+    estimate = estimate_memory(train_plan(profile, "grpo"))  # about 11.2 GiB
+    assert estimate.fits(16 * GiB)  # fits a 16 GiB GPU on its own ...
+    assert not estimate.fits(16 * GiB, reserved_bytes=int(0.3 * 16 * GiB))  # ... not beside vLLM
+    on, reason = use_vllm(profile, vram_gb=16.0)
+    assert not on and "does not fit" in reason
+
+
+def test_rl_args_follow_use_vllm(fake_gpu, tmp_path, monkeypatch):
+    args = grpo._rl_args(get_profile("24gb", lab="grpo"), tmp_path, None, 0)  # 24 GiB: fits
+    assert args["use_vllm"] is True and args["vllm_mode"] == "colocate"
+    assert args["vllm_gpu_memory_utilization"] == grpo.VLLM_GPU_MEMORY_UTILIZATION
+    monkeypatch.setattr(grpo, "_cuda_vram_gb", lambda: 16.0)
+    assert grpo._rl_args(get_profile("24gb", lab="grpo"), tmp_path, None, 0)["use_vllm"] is False
+    assert grpo._rl_args(get_profile("t4", lab="grpo"), tmp_path, None, 0)["use_vllm"] is False
+
+
+def test_vllm_settings_match_trl():
+    for config in (GRPOConfig, RLOOConfig):
+        fields = config.__dataclass_fields__
+        assert fields["vllm_gpu_memory_utilization"].default == grpo.VLLM_GPU_MEMORY_UTILIZATION
+        assert fields["vllm_mode"].default == "colocate"
+    source = inspect.getsource(is_vllm_available)
+    low, high = grpo.VLLM_SUPPORTED
+    assert f'Version("{low}") <= _vllm_base_version <= Version("{high}")' in source
 
 
 def test_reward_setup_weights_are_exact_in_binary():

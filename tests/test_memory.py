@@ -8,7 +8,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from transformers import Qwen3Config, Qwen3ForCausalLM
+from transformers import Qwen3Config, Qwen3ForCausalLM, Qwen3ForSequenceClassification
 
 from labkit.memory import (
     CUDA_OVERHEAD_BYTES,
@@ -60,6 +60,18 @@ def test_from_config_matches_transformers_parameter_count(tied):
     assert (spec.num_layers, spec.num_kv_heads, spec.head_dim) == (2, 1, 4)
 
 
+@pytest.mark.parametrize("tied", [True, False])
+def test_classifier_param_count_matches_transformers(tied):
+    # A sequence classifier has a hidden x num_labels score head and no lm_head, tied or not.
+    config = Qwen3Config(vocab_size=100, hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=1, head_dim=4, intermediate_size=16,
+                         tie_word_embeddings=tied, num_labels=1)
+    spec = ModelSpec.from_config(config)
+    model = Qwen3ForSequenceClassification(config)
+    assert spec.num_params(num_labels=1) == sum(p.numel() for p in model.parameters()) == 2008 + 8
+    assert spec.num_params(num_labels=3) == 2008 + 24
+
+
 def test_from_config_rejects_configs_without_decoder_sizes():
     from transformers import PretrainedConfig
 
@@ -100,6 +112,17 @@ def test_full_finetune_fp16_adamw_by_hand():
     assert b["lora_adapters"] == b["kv_cache"] == b["reference_model"] == 0
     assert b["cuda_overhead"] == CUDA_OVERHEAD_BYTES
     assert est.total_bytes == 4016 + 4016 + 8032 + 16480 + 20000 + CUDA_OVERHEAD_BYTES
+
+
+def test_classifier_by_hand():
+    # A reward model (num_labels=1): weights without lm_head, and logits of one score per token.
+    b = estimate_memory(toy_plan(model=dataclasses.replace(TOY, tie_embeddings=False),
+                                 num_labels=1)).breakdown
+    assert b["weights"] == b["gradients"] == (2008 + 8) * 2  # not 2808: no untied lm_head
+    assert b["logits"] == 2 * 10 * 1 * 2  # batch x tokens x 1 score in fp16, no vocab
+    lm = estimate_memory(toy_plan(model=dataclasses.replace(TOY, tie_embeddings=False))).breakdown
+    assert lm["logits"] == 2 * 10 * 100 * (2 + 4 + 4) and lm["weights"] == 2808 * 2
+    assert b["activations"] == lm["activations"]  # the decoder is the same
 
 
 def test_full_finetune_fp32_costs_16_bytes_per_param_before_activations():
@@ -173,11 +196,14 @@ def test_peak_counts_generation_or_training_not_both():
 
 
 def test_reference_reward_and_value_models():
-    reward = dataclasses.replace(TOY, tie_embeddings=False)  # 2808 params
+    reward = dataclasses.replace(TOY, tie_embeddings=False)  # 2808 params as a causal LM
     full = estimate_memory(toy_plan(ref_model=True, reward_model=reward, value_model=True))
     b = full.breakdown
     assert b["reference_model"] == b["weights"] == 2008 * 2
-    assert b["reward_model"] == 2808 * 2
+    assert b["reward_model"] == (2008 + 8) * 2  # a one-output classifier: score head, no lm_head
+    # loaded like the policy: a 4-bit policy has a 4-bit reward model (1152 projection params)
+    quantized = estimate_memory(toy_plan(quant="4bit", lora_rank=2, reward_model=reward)).breakdown
+    assert quantized["reward_model"] == 1152 * 9 // 16 + (2016 - 1152) * 2
     assert b["value_model"] == (b["weights"] + b["gradients"] + b["optimizer_states"]
                                 + b["activations"])
     # with LoRA the reference is the base with adapters disabled: free
@@ -274,6 +300,23 @@ def test_fitting_plan_returns_its_estimate():
     assert suggest_fix(plan, T4_VRAM) == (plan, "no change needed")
 
 
+def test_reserved_memory_comes_out_of_the_budget():
+    # e.g. a colocated vLLM engine holding 30% of the GPU (TRL's vllm_gpu_memory_utilization)
+    plan = TrainPlan(MODEL_SPECS["Qwen/Qwen3-0.6B"], lora_rank=16, batch_size=4, seq_len=512,
+                     gradient_checkpointing=True)
+    est = estimate_memory(plan)
+    vram = int(est.total_bytes / 0.8)  # fits in 90% on its own; 90% - 30% = 60% is too little
+    reserved = int(0.3 * vram)
+    assert est.fits(vram) and not est.fits(vram, reserved_bytes=reserved)
+    assert check_fits(plan, vram) == est
+    with pytest.raises(MemoryBudgetError, match=f"reserved = {(0.9 * vram - reserved) / GiB:.2f} GiB"):
+        check_fits(plan, vram, reserved_bytes=reserved)
+    fixed, _ = suggest_fix(plan, vram, reserved_bytes=reserved)
+    assert fixed != plan and estimate_memory(fixed).fits(vram, reserved_bytes=reserved)
+    with pytest.raises(ValueError, match="reserved_bytes"):
+        est.fits(vram, reserved_bytes=-1)
+
+
 def test_hopeless_plan_says_so():
     plan = TrainPlan(MODEL_SPECS["Qwen/Qwen3-0.6B"], seq_len=512)
     assert suggest_fix(plan, GiB) is None
@@ -297,6 +340,9 @@ def test_table_is_aligned_and_skips_free_components():
     (dict(optimizer="adam"), "optimizer"),
     (dict(seq_len=None), "seq_len"),
     (dict(max_completion_len=128), "only apply to RL"),
+    (dict(num_labels=0), "num_labels"),
+    (dict(seq_len=None, num_generations=4, max_prompt_len=8, max_completion_len=8, num_labels=1),
+     "does not generate"),
     (dict(seq_len=None, num_generations=4), "max_prompt_len"),
     (dict(seq_len=None, num_generations=4, max_prompt_len=8, max_completion_len=8,
           generation_batch_size=6), "divisible by num_generations"),

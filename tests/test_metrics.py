@@ -57,8 +57,9 @@ def test_no_file_without_env_var(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("kwargs, match", [
     ({}, "at least one"),
-    ({"a": math.nan}, "finite"),
-    ({"a": math.inf}, "finite"),
+    ({"a": math.inf}, "infinite"),
+    ({"a": -math.inf}, "infinite"),
+    ({"a": np.float32("inf")}, "infinite"),
     ({"a": True}, "bool"),
     ({"a": "x" * 201}, "201 characters"),
     ({"a": [1, 2]}, "type list"),
@@ -80,7 +81,7 @@ def test_bad_names_are_rejected():
 
 def test_a_bad_value_records_nothing():
     with pytest.raises(MetricError):
-        metrics.record(good=1, bad=math.nan)
+        metrics.record(good=1, bad=math.inf)
     assert metrics.recorded() == {}
 
 
@@ -88,6 +89,20 @@ def test_show_prints_table_outside_ipython(capsys):
     metrics.record(heldout_acc=0.86, profile="cpu")
     metrics.show()
     assert capsys.readouterr().out == "heldout_acc  0.86\nprofile      cpu\n"
+
+
+def test_nan_is_recorded_shown_as_na_and_written_as_null(tmp_path, monkeypatch, capsys):
+    # e.g. an agreement rate over zero (right, wrong) pairs: undefined, not an error
+    path = tmp_path / "m.json"
+    monkeypatch.setenv(metrics.METRICS_FILE_ENV, str(path))
+    metrics.record(agreement=math.nan, n_pairs=0, f32=np.float32("nan"))
+    values = metrics.recorded()
+    assert math.isnan(values["agreement"]) and type(values["f32"]) is float and math.isnan(values["f32"])
+    text = path.read_text(encoding="utf-8")
+    assert "NaN" not in text  # strict JSON: other tools cannot read NaN
+    assert json.loads(text) == {"agreement": None, "n_pairs": 0, "f32": None}
+    metrics.show()
+    assert capsys.readouterr().out == "agreement  n/a\nn_pairs    0\nf32        n/a\n"
 
 
 def test_show_without_metrics(capsys):

@@ -322,7 +322,7 @@ def test_notebook_runs_on_cpu(script, tmp_path):
                                  notebooks_dir=NOTEBOOKS_DIR)
     executed = tmp_path / f"{script.stem}.ipynb"
     assert record["status"] == "ok", f"{script.stem} failed: {record['error']} (see {executed})"
-    got = record["metrics"]
+    got = {k: float("nan") if v is None else v for k, v in record["metrics"].items()}  # NaN is stored as null
     missing = [name for name in EXPECTED_METRICS.get(script.stem, []) if name not in got]
     assert not missing, f"{script.stem} did not record {missing}; recorded {got}"
     for name, minimum in MIN_VALUES.get(script.stem, {}).items():

@@ -72,3 +72,19 @@ def test_local_hub_snapshot_is_split_by_fraction(tmp_path):
 def test_folder_without_train_files_is_an_error(tmp_path):
     with pytest.raises(DataError, match="no train"):
         load_preferences(str(tmp_path), "train")
+
+
+def test_hub_pairs_become_a_trl_dataset(tmp_path):
+    """Regression (GPU profiles stopped here): hub pairs have no lang / level / answer, and
+    pair_dataset must still build TRL's conversational preference dataset from them."""
+    from labkit.preferences import pair_dataset
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    rows = [{"instruction": f"q{i}", "chosen_response": f"good {i}", "rejected_response": f"bad {i}"}
+            for i in range(20)]
+    (folder / "train-00000.jsonl").write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+    dataset = pair_dataset(load_preferences(str(tmp_path), "train"), system_prompt="S")
+    assert dataset.column_names == ["prompt", "chosen", "rejected", "id"]
+    assert dataset[0]["prompt"] == [{"role": "system", "content": "S"}, {"role": "user", "content": "q0"}]
+    assert dataset[0]["chosen"] == [{"role": "assistant", "content": "good 0"}]

@@ -12,7 +12,7 @@ from labkit.data import load_split
 from labkit.hardware import GiB, Hardware
 from labkit.memory import MODEL_SPECS, MemoryBudgetError, ModelSpec, TrainPlan, estimate_memory
 from labkit.preflight import TINY_VOCAB, model_spec, preflight, train_plan
-from labkit.profiles import PROFILES, get_profile
+from labkit.profiles import PROFILES, choose_profile, get_profile
 
 CPU = Hardware(device="cpu", name="cpu (2 cores)", cpu_cores=2)
 
@@ -139,6 +139,29 @@ def test_pairwise_labs_count_chosen_and_rejected_sequences():
     plan = train_plan(full, "dpo")
     assert plan.lora_rank is None and plan.ref_model        # full fine-tuning keeps a frozen copy
     assert train_plan(get_profile("cpu", lab="rm"), "rm").lora_rank is None
+
+
+A100_40GB = Hardware(device="cuda", name="A100-SXM4-40GB", vram_total_gb=39.4, vram_free_gb=39.0,
+                     capability=(8, 0), bf16=True)
+
+
+def test_reward_model_plan_is_a_classifier_without_vocab_logits():
+    assert choose_profile(A100_40GB) == "80gb"
+    profile = get_profile("80gb", lab="rm")
+    rm, sft = train_plan(profile, "rm"), train_plan(profile, "sft")
+    assert rm.num_labels == 1 and sft.num_labels is None
+    rm_logits = estimate_memory(rm).breakdown["logits"]
+    assert rm_logits == rm.batch_size * rm.seq_len * 1 * 2  # one bf16 score per token
+    assert rm_logits * 10_000 < estimate_memory(sft).breakdown["logits"]
+    estimate = preflight(profile, A100_40GB, lab="rm")  # was refused: 58.6 GiB, 46 of it logits
+    assert estimate.total_bytes <= 0.9 * 39.4 * GiB
+
+
+def test_untied_reward_model_has_no_lm_head():
+    profile = get_profile("80gb", lab="rm", model_id="Qwen/Qwen3-8B")  # untied embeddings
+    spec = MODEL_SPECS["Qwen/Qwen3-8B"]
+    weights = estimate_memory(train_plan(profile, "rm")).breakdown["weights"]
+    assert weights == (spec.num_params() - spec.vocab_size * spec.hidden_size + spec.hidden_size) * 2
 
 
 @pytest.mark.parametrize("name", sorted(PROFILES))
