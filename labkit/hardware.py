@@ -40,8 +40,9 @@ def detect() -> Hardware:
     from labkit.standin import gpu
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    if gpu() is not None:
-        return dataclasses.replace(gpu(), cpu_cores=cores)
+    stand_in = gpu()
+    if stand_in is not None:
+        return dataclasses.replace(stand_in, cpu_cores=cores)
     if not torch.cuda.is_available():
         return Hardware(device="cpu", name=f"cpu ({cores} cores)", cpu_cores=cores)
     free, total = torch.cuda.mem_get_info(0)

@@ -106,7 +106,9 @@ def autocast(model: torch.nn.Module):
 
 def device_map(profile: Profile) -> str | None:
     """"auto" (let accelerate place the weights) for a GPU profile on a real GPU, else None (CPU)."""
-    return "auto" if profile.device == "cuda" and torch.cuda.is_available() else None
+    from labkit.hardware import compute_device
+
+    return "auto" if profile.device == "cuda" and compute_device() == "cuda" else None
 
 
 def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: str | Path,
@@ -132,8 +134,7 @@ def _merged_on_full_weights(model, base_path: str | Path) -> PreTrainedModel:
     import tempfile
 
     base = model.get_base_model()
-    dtype = base.config.quantization_config.bnb_4bit_compute_dtype
-    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    dtype = compute_dtype(base) or torch.float32  # the dtype the 4-bit layers computed in
     with tempfile.TemporaryDirectory(prefix="labkit-adapter-") as adapter_dir:
         model.save_pretrained(adapter_dir)
         full = type(base).from_pretrained(str(base_path), dtype=dtype, num_labels=base.config.num_labels)

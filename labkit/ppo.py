@@ -40,7 +40,7 @@ from tqdm.auto import trange
 from labkit.algorithms import (aligned_logprobs, gae, kl_k1, masked_mean, masked_sum, masked_whiten,
                                pad_right, policy_gradient_loss, token_entropy)
 from labkit.evaluate import chat_prompts, generate_batch, generated_lengths
-from labkit.models import compute_dtype, upcast_trainable
+from labkit.models import autocast, compute_dtype, upcast_trainable
 from labkit.profiles import Profile
 from labkit.rewards import accuracy_reward, format_reward
 
@@ -284,10 +284,9 @@ class PPOTrainer:
         if not self.params:
             raise PPOConfigError("the model has no trainable parameters")
         self.optimizer = torch.optim.AdamW(self.params, lr=config.learning_rate)
-        # Mixed precision: autocast to the weights' half dtype; fp16 also needs loss scaling.
+        # Mixed precision: autocast to the weights' half dtype (see autocast); fp16 also needs loss scaling.
         self.amp_dtype = compute_dtype(model.policy)
-        self.device_type = model.policy.device.type
-        self.scaler = torch.amp.GradScaler(self.device_type, enabled=self.amp_dtype == torch.float16)
+        self.scaler = torch.amp.GradScaler(model.policy.device.type, enabled=self.amp_dtype == torch.float16)
         # Score normalization: set from the first rollout (None until then), or the identity.
         self.score_mean: float | None = None if config.normalize_scores else 0.0
         self.score_std: float | None = None if config.normalize_scores else 1.0
@@ -387,9 +386,7 @@ class PPOTrainer:
 
     def autocast(self):
         """Autocast to the weights' half dtype (fp16 / bf16 profiles); nothing on fp32."""
-        if self.amp_dtype is None:
-            return nullcontext()
-        return torch.autocast(self.device_type, dtype=self.amp_dtype)
+        return autocast(self.model.policy)
 
     # -- 3. the loop ---------------------------------------------------------------------------
 

@@ -123,7 +123,7 @@ def test_gsm8k_and_hub_pairs_load_from_the_world(on_standin):
 # ---------------------------------------------------------------- fixes the stand-in runs found
 
 
-def test_local_model_folder_as_model_id(world, tmp_path, monkeypatch):
+def test_local_model_folder_as_model_id(world, monkeypatch):
     """Regression: a local model_id had no memory numbers (KeyError) and was stored relative."""
     from labkit.memory import MODEL_SPECS
     from labkit.preflight import model_spec
