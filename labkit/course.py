@@ -50,6 +50,7 @@ import concurrent.futures
 import hashlib
 import html
 import json
+import math
 import multiprocessing
 import os
 import re
@@ -310,7 +311,7 @@ def run_one(script: Path, profile: str, out_path: Path, timeout: float | None,
             nbformat.write(nb, input_path)
             papermill.execute_notebook(
                 input_path, output_path, parameters=parameters, kernel_name=KERNEL_NAME,
-                cwd=script.parent, progress_bar=False, log_output=False, execution_timeout=timeout,
+                cwd=script.parent, progress_bar=False, log_output=False, execution_timeout=None if timeout is None else math.ceil(timeout),
             )
         except PapermillExecutionError as exc:
             error = f"{exc.ename}: {exc.evalue}"
@@ -420,8 +421,16 @@ def committed_metrics(nb: nbformat.NotebookNode) -> dict:
 
 # --- command line ---------------------------------------------------------------------------------
 
+# Parameters that may name a local folder: an existing relative path is made absolute here, where
+# it was typed (the notebooks run with the notebooks directory as their working directory).
+PATH_PARAMETERS = ("MODEL_ID", "DATA_DIR")
+
+
 def parse_parameters(items: list[str]) -> dict:
-    """["SEED=1", "LABEL=x"] -> {"SEED": 1, "LABEL": "x"}; a value that is not JSON stays text."""
+    """["SEED=1", "LABEL=x"] -> {"SEED": 1, "LABEL": "x"}; a value that is not JSON stays text.
+
+    MODEL_ID / DATA_DIR naming an existing path become absolute paths.
+    """
     parameters = {}
     for item in items:
         name, sep, value = item.partition("=")
@@ -431,6 +440,9 @@ def parse_parameters(items: list[str]) -> dict:
             parameters[name] = json.loads(value)
         except json.JSONDecodeError:
             parameters[name] = value
+        path = parameters[name]
+        if name in PATH_PARAMETERS and isinstance(path, str) and os.path.exists(os.path.expanduser(path)):
+            parameters[name] = os.path.abspath(os.path.expanduser(path))
     return parameters
 
 

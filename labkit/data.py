@@ -220,15 +220,18 @@ def _read_local(path: Path, split: str) -> list[Any]:
     """Raw rows from a .parquet or .jsonl file, or from the files for `split` in a folder.
 
     A folder may be a hub snapshot of openai/gsm8k (main/test-00000-of-00001.parquet) or the
-    original GitHub release (test.jsonl): files named `<split>*.parquet` or `<split>*.jsonl`
-    are read, from its main/ subfolder if there is one.
+    original GitHub release (test.jsonl): files named `<split>.parquet`, `<split>-*.parquet`,
+    `<split>.jsonl` or `<split>-*.jsonl` are read, from its main/ subfolder if there is one
+    (not GitHub's test_socratic.jsonl: the same questions in another answer format).
     """
     if path.is_dir():
         folder = path / "main" if (path / "main").is_dir() else path
-        files = sorted(folder.glob(f"{split}*.parquet")) + sorted(folder.glob(f"{split}*.jsonl"))
+        files = [file for ext in ("parquet", "jsonl")
+                 for pattern in (f"{split}.{ext}", f"{split}-*.{ext}")
+                 for file in sorted(folder.glob(pattern))]
         if not files:
-            raise DataError(f"{folder}: no {split}*.parquet or {split}*.jsonl file for split "
-                            f"{split!r}")
+            raise DataError(f"{folder}: no file for split {split!r} ({split}.parquet, "
+                            f"{split}-*.parquet, {split}.jsonl or {split}-*.jsonl)")
     else:
         files = [path]
     raw: list[Any] = []
@@ -259,16 +262,19 @@ def _looks_like_path(text: str) -> bool:
 
 
 def load_gsm8k(split: str = "test", path: str | Path = "openai/gsm8k",
-               levels: Iterable[int] | None = None, limit: int | None = None) -> list[dict]:
+               levels: Iterable[int] | None = None, limit: int | None = None,
+               data_dir: str | Path | None = None) -> list[dict]:
     """GSM8K's "main" config as rows in the SFT schema (lang "en", ids "gsm8k-<split>-00042").
 
     reasoning: the solution before "####", without the <<48/2=24>> calculator annotations.
     answer: the number after "####" without thousands commas; a row where it is not an
     integer raises DataError naming the dataset and the row index (0-based).
     level: from the number of solution lines, see gsm8k_level.
-    path: a local file or folder (see _read_local), or a hub id, downloaded with
-    labkit.hub.resolve_dataset (HF_ENDPOINT / mirror / offline cache aware) and read from its
-    main/ folder. levels and limit work as in load_split.
+    path: a local file or folder (see _read_local), or a hub id found by labkit.hub.resolve_dataset
+    (DATA_DIR, the hub or its mirror, ModelScope) and read from its main/ folder. data_dir: the
+    folder of repos downloaded by hand (default: $LABKIT_HUB_DATA_DIR, which setup() sets from the
+    profile's data_dir), e.g. DATA_DIR/openai/gsm8k/main/test-00000-of-00001.parquet.
+    levels and limit work as in load_split.
     """
     if split not in ("train", "test"):
         raise DataError(f"GSM8K split must be 'train' or 'test', got {split!r}")
@@ -279,9 +285,9 @@ def load_gsm8k(split: str = "test", path: str | Path = "openai/gsm8k",
         raise FileNotFoundError(f"{text}: no such file or folder (pass an existing local path, "
                                 "or a hub id such as 'openai/gsm8k')")
     else:
-        from labkit.hub import resolve_dataset  # the hub, a mirror or the offline cache
+        from labkit.hub import resolve_dataset  # DATA_DIR, the hub, a mirror or ModelScope
 
-        raw = _read_local(Path(resolve_dataset(text)), split)
+        raw = _read_local(Path(resolve_dataset(text, data_dir=data_dir)), split)
     where = f"{text} [{split}]"
     if not raw:
         raise DataError(f"{where}: no rows")
@@ -294,7 +300,8 @@ def load_problems(source: str, split: str, **kwargs: Any) -> list[dict]:
 
     split uses the kit's names; for GSM8K "eval" means its test split and every other name
     its train split ("test" and "train" are accepted too). GSM8K rows have reasoning but no
-    chosen/rejected. kwargs go to load_split / load_gsm8k (levels, limit; path for GSM8K).
+    chosen/rejected. kwargs go to load_split / load_gsm8k (levels, limit; path and data_dir for
+    GSM8K).
     """
     if source == "kit":
         return load_split(split, **kwargs)

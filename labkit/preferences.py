@@ -28,12 +28,14 @@ HUB_COLUMNS = (
 )
 
 
-def load_preferences(source: str, split: str, limit: int | None = None) -> list[dict]:
+def load_preferences(source: str, split: str, limit: int | None = None,
+                     data_dir: str | Path | None = None) -> list[dict]:
     """Pairs of `split` ("train" or "heldout") from "kit" (data/prefs.jsonl), a hub id or a path.
 
     Kit rows keep every field of data/prefs.jsonl (answer, level, rejected_kind, ...). A hub id
-    is fetched with labkit.hub.resolve_dataset (mirror / offline cache aware); a local .parquet,
-    .jsonl or folder is read directly. limit keeps the first `limit` pairs of the split.
+    is found by labkit.hub.resolve_dataset (DATA_DIR, the hub or its mirror, ModelScope; data_dir
+    defaults to $LABKIT_HUB_DATA_DIR); a local .parquet, .jsonl or folder is read directly.
+    limit keeps the first `limit` pairs of the split.
     """
     if split not in SPLITS:
         raise DataError(f"unknown preference split {split!r}; valid splits: {', '.join(SPLITS)}")
@@ -41,7 +43,7 @@ def load_preferences(source: str, split: str, limit: int | None = None) -> list[
         rows = load_split("prefs")
         cut = len(rows) - HELDOUT_PAIRS
     else:
-        rows = _load_hub_pairs(source)
+        rows = _load_hub_pairs(source, data_dir)
         cut = len(rows) - max(1, int(len(rows) * HUB_HELDOUT_FRACTION))
     rows = rows[:cut] if split == "train" else rows[cut:]
     return rows[:limit] if limit is not None else rows
@@ -52,14 +54,15 @@ def pair_dataset(rows: list[dict], system_prompt: str | None = None) -> Dataset:
     return to_dataset(rows, lambda r: preference_example(r, system_prompt))
 
 
-def _load_hub_pairs(source: str) -> list[dict]:
+def _load_hub_pairs(source: str, data_dir: str | Path | None = None) -> list[dict]:
+    """Every pair of a local file or folder, or of hub id `source` (see load_preferences)."""
     from labkit.data import _read_local  # the parquet/jsonl reader the GSM8K loader uses
 
     text = os.path.expanduser(source)
     if not os.path.exists(text):
         from labkit.hub import resolve_dataset
 
-        text = resolve_dataset(source)
+        text = resolve_dataset(source, data_dir=data_dir)
     path = Path(text)
     if path.is_dir():
         files = sorted(path.rglob("train*.parquet")) + sorted(path.rglob("train*.jsonl"))

@@ -49,6 +49,7 @@ class Profile:
     eval_batch_size: int = 32
     gradient_checkpointing: bool = False
     beta: float = 0.1                # DPO's beta (strength of the pull toward the reference)
+    data_dir: str | None = None      # folder of hub repos downloaded by hand (labkit.hub), absolute
 
     def table(self, hardware: Hardware | None = None) -> str:
         """A two-column text table of the hardware (if given) and every profile field."""
@@ -73,15 +74,15 @@ PROFILES: dict[str, Profile] = {
         name="t4", description="16 GB, no bf16 (Colab T4): Qwen3-0.6B, fp16 compute, 4-bit + LoRA",
         device="cuda", min_vram_gb=14, model_id="Qwen/Qwen3-0.6B", dtype="fp16", quant="4bit",
         dataset="gsm8k", pref_dataset=MATH_PREFS, system_prompt=SYSTEM_PROMPT, batch_size=4,
-        grad_accum=4, max_steps=200, learning_rate=2e-4, max_length=768, max_new_tokens=384,
-        num_generations=4, eval_limit=200, eval_batch_size=32, gradient_checkpointing=True,
+        grad_accum=4, max_steps=200, learning_rate=2e-4, max_length=768, max_new_tokens=256,
+        num_generations=4, eval_limit=200, eval_batch_size=64, gradient_checkpointing=True,
     ),
     "24gb": Profile(
         name="24gb", description="24 GB (RTX 3090/4090): Qwen3-1.7B-Base, bf16, LoRA",
         device="cuda", min_vram_gb=22, model_id="Qwen/Qwen3-1.7B-Base", dtype="bf16",
         quant=None, dataset="gsm8k", pref_dataset=MATH_PREFS, system_prompt=SYSTEM_PROMPT,
         batch_size=4, grad_accum=4, max_steps=300, learning_rate=1e-4, max_length=1024,
-        max_new_tokens=512, num_generations=8, eval_limit=300, eval_batch_size=64,
+        max_new_tokens=384, num_generations=8, eval_limit=300, eval_batch_size=64,
         gradient_checkpointing=True,
     ),
     "80gb": Profile(
@@ -89,49 +90,86 @@ PROFILES: dict[str, Profile] = {
         device="cuda", min_vram_gb=38, model_id="Qwen/Qwen3-1.7B-Base", dtype="bf16",
         quant=None, dataset="gsm8k", pref_dataset=MATH_PREFS, system_prompt=SYSTEM_PROMPT,
         lora_rank=64, lora_alpha=128, batch_size=16, grad_accum=1, max_steps=500,
-        learning_rate=1e-4, max_length=1024, max_new_tokens=768, num_generations=16,
+        learning_rate=1e-4, max_length=1024, max_new_tokens=512, num_generations=16,
         eval_limit=500, eval_batch_size=128, gradient_checkpointing=True,
     ),
 }
 
 # Per-lab adjustments on top of a profile (fields not named keep the profile's value).
+# GPU entries: sized so that each lab, with the stages it builds when they are not cached yet, is
+# planned within labkit.timeplan.BUDGET_MIN (45 min on a T4, 20 on a 4090, 30 on an A100); see
+# `python -m labkit.timeplan --profile t4`. On a T4 and a 4090 the RL runs are demonstrations
+# (a few steps); TIME_BUDGET_MIN and MAX_STEPS in a notebook's parameters cell run longer.
 LAB_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
     # 100 steps teach the tiny base the format on every seed measured (format rate 1.0) and leave the
     # SFT model short of perfect on level 3 (sampled accuracy about 0.63-0.74 over 3 seeds), so the RL
     # and test-time-compute labs have something to improve; 200 steps left level 3 at about 0.9.
-    "sft": {"cpu": {"max_steps": 100}},
+    # GPU: the SFT stage is built by every later lab that finds it missing, so it stays short.
+    "sft": {"cpu": {"max_steps": 100}, "t4": {"grad_accum": 2, "max_steps": 90},
+            "24gb": {"max_steps": 45}, "80gb": {"max_steps": 100}},
     # The tiny reward model is fully fine-tuned: it must learn to compare numbers, which
     # LoRA on a 128-wide model learns far more slowly. GPU profiles keep LoRA.
-    "rm": {"cpu": {"lora_rank": 0, "batch_size": 16, "max_steps": 400, "learning_rate": 1.5e-3}},
+    "rm": {"cpu": {"lora_rank": 0, "batch_size": 16, "max_steps": 400, "learning_rate": 1.5e-3},
+           "t4": {"grad_accum": 1, "max_steps": 50, "max_length": 512},
+           "24gb": {"grad_accum": 2, "max_steps": 28},
+           "80gb": {"batch_size": 8, "max_steps": 60}},
     # PPO (labkit.ppo): max_steps = PPO steps, batch_size x grad_accum = minibatch. labkit.ppo keeps
     # all activations (no checkpointing), so the GPU micro-batches are smaller than for SFT.
     "ppo": {"cpu": {"batch_size": 16, "max_steps": 36, "learning_rate": 5e-4, "rollout_batch_size": 64},
-            "t4": {"learning_rate": 2e-5, "rollout_batch_size": 16},
-            "24gb": {"learning_rate": 2e-5, "rollout_batch_size": 32, "batch_size": 2, "grad_accum": 8},
-            "80gb": {"learning_rate": 2e-5, "rollout_batch_size": 64, "batch_size": 4, "grad_accum": 4}},
+            "t4": {"learning_rate": 2e-5, "rollout_batch_size": 16, "max_steps": 18, "eval_limit": 64},
+            "24gb": {"learning_rate": 2e-5, "rollout_batch_size": 16, "batch_size": 2, "grad_accum": 8,
+                     "max_steps": 14, "eval_limit": 64},
+            "80gb": {"learning_rate": 2e-5, "rollout_batch_size": 32, "batch_size": 4, "grad_accum": 4,
+                     "max_steps": 20, "eval_limit": 128}},
     # GRPO (labkit.grpo): max_steps = RL steps of rollout_batch_size prompts x num_generations;
     # batch_size = completions per micro-step. The tiny policy is fully fine-tuned (on CPU LoRA
     # learned too slowly from the RL signal), at a small learning rate: noisy RL gradients at
     # 1e-3 and above made it collapse. GPU profiles: LoRA on the SFT model.
     "grpo": {"cpu": {"lora_rank": 0, "batch_size": 128, "max_steps": 64, "learning_rate": 1e-4,
                      "rollout_batch_size": 16},
-             "t4": {"learning_rate": 2e-5, "rollout_batch_size": 8, "max_steps": 150},
-             "24gb": {"learning_rate": 2e-5, "rollout_batch_size": 8, "max_steps": 200},
-             "80gb": {"learning_rate": 2e-5, "rollout_batch_size": 8, "max_steps": 300}},
+             "t4": {"learning_rate": 2e-5, "rollout_batch_size": 4, "max_steps": 12, "eval_limit": 64},
+             "24gb": {"learning_rate": 2e-5, "rollout_batch_size": 4, "max_steps": 5, "eval_limit": 64},
+             "80gb": {"learning_rate": 2e-5, "rollout_batch_size": 4, "max_steps": 10, "eval_limit": 128}},
     # Lab 06 trains four variants on one budget: fewer steps each (CPU: 8 prompts x 8 per step).
     "grpo_compare": {"cpu": {"lora_rank": 0, "batch_size": 64, "max_steps": 30, "learning_rate": 1e-4,
                              "rollout_batch_size": 8},
-                     "t4": {"learning_rate": 2e-5, "rollout_batch_size": 8, "max_steps": 60},
-                     "24gb": {"learning_rate": 2e-5, "rollout_batch_size": 8, "max_steps": 80},
-                     "80gb": {"learning_rate": 2e-5, "rollout_batch_size": 8, "max_steps": 100}},
+                     "t4": {"learning_rate": 2e-5, "rollout_batch_size": 4, "max_steps": 8,
+                            "eval_limit": 64},
+                     "24gb": {"learning_rate": 2e-5, "rollout_batch_size": 4, "max_steps": 4,
+                              "eval_limit": 64},
+                     "80gb": {"learning_rate": 2e-5, "rollout_batch_size": 4, "max_steps": 6,
+                              "eval_limit": 128}},
     # Lab 07 (test-time compute) trains nothing: eval_limit = questions of the hard level, each
-    # sampled 32 times, so the GPU profiles sample fewer questions than they evaluate elsewhere.
-    "best_of_n": {"cpu": {}, "t4": {"eval_limit": 64}, "24gb": {"eval_limit": 100},
-                  "80gb": {"eval_limit": 200}},
+    # sampled MAX_N times (NOTEBOOK_PARAMS), so the GPU profiles sample few questions, in large
+    # generate batches (eval_batch_size counts completions: 128 = 8 questions x 16).
+    "best_of_n": {"cpu": {}, "t4": {"eval_limit": 32, "eval_batch_size": 128},
+                  "24gb": {"eval_limit": 32, "eval_batch_size": 128},
+                  "80gb": {"eval_limit": 64, "eval_batch_size": 256}},
     "dpo": {"cpu": {"batch_size": 16, "max_steps": 40, "learning_rate": 2e-3},
-            "t4": {"batch_size": 2, "grad_accum": 8, "learning_rate": 5e-5},
-            "24gb": {"batch_size": 2, "grad_accum": 8, "learning_rate": 5e-5},
-            "80gb": {"batch_size": 8, "grad_accum": 2, "learning_rate": 5e-5}},
+            "t4": {"batch_size": 2, "grad_accum": 2, "learning_rate": 5e-5, "max_steps": 30,
+                   "max_length": 512, "eval_limit": 64},
+            "24gb": {"batch_size": 2, "grad_accum": 4, "learning_rate": 5e-5, "max_steps": 18,
+                     "eval_limit": 64},
+            "80gb": {"batch_size": 8, "grad_accum": 2, "learning_rate": 5e-5, "max_steps": 28,
+                     "eval_limit": 128}},
+}
+
+
+# Notebook parameters that are not profile fields (lab 07's MAX_N, ...): "default" holds the
+# notebooks' own values; a GPU profile's entry the smaller ones that keep its labs within
+# labkit.timeplan.BUDGET_MIN. A parameters cell that leaves one None gets the profile's value
+# through notebook_params (and labkit.timeplan counts the same values).
+NOTEBOOK_PARAMS: dict[str, dict[str, dict[str, Any]]] = {
+    "rm": {"default": {"SAMPLE_QUESTIONS": 150, "SAMPLES_PER_QUESTION": 4}},
+    "dpo": {"default": {"SWEEP_BETAS": (0.03, 0.5)}, "t4": {"SWEEP_BETAS": (0.5,)},
+            "24gb": {"SWEEP_BETAS": (0.5,)}},
+    "ppo": {"default": {"NUM_PPO_EPOCHS": 2}},
+    "grpo": {"default": {"EVAL_SAMPLES": 4, "BETA": 0.04}},
+    "grpo_compare": {"default": {"EVAL_SAMPLES": 2, "VARIANTS": ("grpo", "dapo", "dr_grpo", "rloo")}},
+    "best_of_n": {"default": {"MAX_N": 32, "OTHER_LIMIT": 64, "GRPO_N": 16},
+                  "t4": {"MAX_N": 16, "OTHER_LIMIT": 16, "GRPO_N": 8},
+                  "24gb": {"MAX_N": 16, "OTHER_LIMIT": 16, "GRPO_N": 8},
+                  "80gb": {"MAX_N": 16, "OTHER_LIMIT": 32, "GRPO_N": 16}},
 }
 
 
@@ -143,8 +181,11 @@ def choose_profile(hw: Hardware) -> str:
     """The largest profile whose memory floor the detected GPU meets; "cpu" without a GPU.
 
     A GPU without bf16 (T4, V100) always gets "t4": its fp16 + 4-bit recipe is the one that works there.
+    A GPU that nvidia-smi sees but torch cannot use is an error (with the fix), not "cpu".
     """
     if hw.device != "cuda":
+        if hw.unusable_gpu:  # never fall back to the cpu profile quietly on a GPU machine
+            raise ProfileError(hw.unusable_gpu)
         return "cpu"
     for name in ("80gb", "24gb", "t4") if hw.bf16 else ("t4",):
         if hw.vram_total_gb >= PROFILES[name].min_vram_gb:
@@ -183,7 +224,22 @@ def get_profile(name: str = "auto", lab: str | None = None, hardware: Hardware |
     if isinstance(changes.get("model_id"), str) and os.path.isdir(os.path.expanduser(changes["model_id"])):
         # A local folder: stored absolute, because stages and kernels resolve it from other folders.
         changes["model_id"] = os.path.abspath(os.path.expanduser(changes["model_id"]))
+    if changes.get("data_dir") is not None:
+        # Where the data came from, not what it is: stored absolute, and in no stage key.
+        given = changes["data_dir"]
+        changes["data_dir"] = os.path.abspath(os.path.expanduser(os.fspath(given)))
+        if not os.path.isdir(changes["data_dir"]):
+            raise ProfileError(f"data_dir {os.fspath(given)!r} is not an existing folder "
+                               "(DATA_DIR: the folder holding the repos you downloaded by hand)")
     unknown = sorted(set(changes) - valid)
     if unknown:
         raise ProfileError(f"unknown profile field(s) {unknown}; valid fields: {sorted(valid)}")
     return replace(profile, **changes)
+
+
+def notebook_params(profile: str, lab: str, **given: Any) -> dict[str, Any]:
+    """Lab `lab`'s notebook parameters on `profile`: the given values, and for each one given as
+    None (or not given) the profile's value from NOTEBOOK_PARAMS, else the notebooks' default."""
+    table = NOTEBOOK_PARAMS.get(lab, {})
+    return {**table.get("default", {}), **table.get(profile, {}),
+            **{k: v for k, v in given.items() if v is not None}}

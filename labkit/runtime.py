@@ -46,12 +46,16 @@ def configure_process(profile: Profile) -> None:
         from labkit.standin import emulate_fp16_amp
 
         emulate_fp16_amp()  # the T4's fp16 autocast + GradScaler, on the CPU
-    # Known harmless noise: bitsandbytes looks for an optional CPU kernel package (a warning in
-    # some versions, a log record in 0.50).
-    warnings.filterwarnings("ignore", message=".*kernels-community.*")
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    quiet_known_noise()
     # TRL 1.16 still calls a transformers 5 method that was renamed; nothing for a student to do.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+
+def quiet_known_noise() -> None:
+    """Silence harmless noise: bitsandbytes looks for an optional CPU kernel package (a warning in
+    some versions, a log record in 0.50)."""
+    warnings.filterwarnings("ignore", message=".*kernels-community.*")
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 def seed_everything(seed: int) -> None:
@@ -64,22 +68,33 @@ def seed_everything(seed: int) -> None:
 
 
 def setup(profile: str = "auto", lab: str | None = None, seed: int = 0, mirror: str | None = None,
-          quiet: bool = False, **overrides: Any) -> Profile:
+          quiet: bool = False, time_budget_min: float | None = None,
+          lab_params: dict[str, Any] | None = None, **overrides: Any) -> Profile:
     """Resolve the profile for `lab`, configure the process, seed RNGs and print the table.
 
     `mirror` (e.g. "https://hf-mirror.com") sets HF_ENDPOINT for GPU profiles in China; see
-    labkit.hub. `overrides` are profile fields set in the notebook's parameters cell.
+    labkit.hub. `overrides` are profile fields set in the notebook's parameters cell, e.g.
+    `data_dir` (a folder of hand-downloaded datasets and models, tried before any download).
+    On a GPU profile the lab's time plan is printed (labkit.timeplan) and a plan over
+    `time_budget_min` (None: the profile's budget) raises TimeBudgetError before any model loads.
+    `lab_params`: the notebook parameters the plan counts that are not profile fields
+    (e.g. {"EVAL_SAMPLES": 4}; None values mean the profile's, see profiles.notebook_params).
     """
     from labkit.hardware import detect
 
     hardware = detect()
     prof = get_profile(profile, lab=lab, hardware=hardware, **overrides)
-    if prof.device == "cuda":
+    if prof.device == "cuda" or prof.data_dir:
         from labkit.hub import configure_hub
 
-        configure_hub(mirror=mirror)
+        # DATA_DIR (hand-downloaded datasets / models) is read by every loader, stage builders included.
+        configure_hub(mirror=mirror if prof.device == "cuda" else None, data_dir=prof.data_dir)
     configure_process(prof)
     seed_everything(seed)
     if not quiet:
         print(prof.table(hardware))
+    if prof.device == "cuda":
+        from labkit.timeplan import time_preflight
+
+        time_preflight(prof, hardware, lab, budget_min=time_budget_min, params=lab_params, quiet=quiet)
     return prof

@@ -14,6 +14,8 @@ used only when all of that checks out; otherwise it is rebuilt, saying why (neve
     python -m labkit.stages build [NAMES] [--profile P] [--from-scratch]
     python -m labkit.stages check             # are the shipped cpu stages current and intact?
     python -m labkit.stages ship [NAMES]      # refresh the shipped cpu stages (instructors)
+    python -m labkit.stages prepare [--profile P]  # lab.py course: cpu checks the shipped stages;
+                                              # a GPU profile builds each when a lab needs it
 """
 
 from __future__ import annotations
@@ -227,6 +229,21 @@ def _usable(name: str, profile: Profile, key: str, deps: dict[str, Path]) -> Pat
         if problem is None:
             return cached
         print(f"[labkit] the cached stage '{name}' ({_show(cached)}) is not used: {problem}; building it again.")
+    return None
+
+
+def ready_stage(name: str, profile: Profile) -> Path | None:
+    """The folder get_stage would return for `name` without building anything (the shipped stage,
+    else the cached one, on ready upstream stages), or None when it would have to build. Quiet."""
+    deps = {}
+    for dep in DEPENDS[name]:
+        deps[dep] = ready_stage(dep, profile)
+        if deps[dep] is None:
+            return None
+    key = stage_key(name, profile)
+    for folder in (shipped_dir(name, profile), stage_dir(name, profile)):
+        if folder.exists() and _problem(folder, key, deps) is None:
+            return folder
     return None
 
 
@@ -503,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     from labkit.runtime import setup
 
     parser = argparse.ArgumentParser(prog="python -m labkit.stages", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["build", "check", "ship"])
+    parser.add_argument("command", choices=["build", "check", "ship", "prepare"])
     parser.add_argument("stages", nargs="*", help=f"stages (default: all of {list(BUILDERS)})")
     parser.add_argument("--profile", default="auto", help="build: the profile (default: auto)")
     parser.add_argument("--from-scratch", action="store_true",
@@ -525,6 +542,9 @@ def main(argv: list[str] | None = None) -> int:
     profile = setup("cpu" if args.command == "ship" else args.profile, quiet=True)
     if args.command == "ship":
         ship(names, force=args.force)
+        return 0
+    if args.command == "prepare" and profile.device != "cpu":
+        print(f"profile {profile.name}: each stage is built (and cached) by the first lab that needs it")
         return 0
     for name in names:
         start = time.perf_counter()

@@ -8,6 +8,19 @@ from typing import Any
 from labkit.profiles import Profile
 
 
+def checkpointing_arg() -> str:
+    """The TrainingArguments name of activation (gradient) checkpointing in the installed transformers.
+
+    transformers 5.23 renamed gradient_checkpointing to activation_checkpointing (the old name still
+    works with a FutureWarning, and TRL configs default it to True); Colab's transformers 5.15 only
+    knows the old name (labkit.colab keeps Colab's version).
+    """
+    from transformers import TrainingArguments
+
+    fields = TrainingArguments.__dataclass_fields__
+    return "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
+
+
 def precision_args(profile: Profile) -> dict[str, bool]:
     """TRL configs default to bf16, which fails on a CPU and on a T4: say it explicitly.
 
@@ -32,8 +45,7 @@ def common_args(profile: Profile, output_dir: str | Path, *, max_steps: int | No
         gradient_accumulation_steps=profile.grad_accum,
         learning_rate=profile.learning_rate,
         warmup_steps=max(1, steps // 20),
-        # transformers 5 renamed gradient_checkpointing; TRL still defaults the old name to True.
-        activation_checkpointing=profile.gradient_checkpointing,
+        **{checkpointing_arg(): profile.gradient_checkpointing},
         logging_steps=max(1, steps // log_points),
         save_strategy="no",
         report_to="none",

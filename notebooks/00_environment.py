@@ -14,6 +14,8 @@
 # %% [markdown]
 # # 实验 00：环境检查、硬件配置与显存估算
 #
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/OWNER/REPO/blob/main/notebooks/00_environment.ipynb)
+#
 # **目标**
 # 1. 检测本机硬件（CPU / GPU、显存、是否支持 bf16），选出硬件配置（profile）；
 # 2. 理解训练时显存花在哪里，并手算一个模型的参数量与显存；
@@ -23,15 +25,35 @@
 #
 # **前置知识**：无。**运行时间**：CPU 上约 20 秒。
 
+# %% tags=["colab-setup"]
+# Colab：第一次运行时下载课程仓库，只安装 Colab 缺少的包（不动它自带的 torch、numpy、pandas、ipykernel）。
+# 本机、CI 或已经装好时，这一格什么也不做。换仓库 / 分支：先设环境变量 LABKIT_REPO / LABKIT_REF。
+try:
+    import labkit
+except ImportError:
+    import os, subprocess, sys
+    if "COLAB_RELEASE_TAG" not in os.environ:  # not Colab: this kernel is a Python without the kit
+        raise ImportError("这个内核里没有 labkit：在课程目录运行 `python3 lab.py lab`，用 'Python 3 (labkit, …)' 内核") from None
+    KIT, REPO = "/content/labkit-course", os.environ.get("LABKIT_REPO", "https://github.com/OWNER/REPO")
+    if not os.path.isdir(KIT):
+        ref = os.environ.get("LABKIT_REF", "main")
+        subprocess.run(["git", "clone", "-q", "--depth", "1", "--branch", ref, REPO, KIT], check=True)
+    sys.path.insert(0, KIT)
+    from labkit.colab import setup_cell
+    setup_cell(KIT)
+
 # %% tags=["parameters"]
 PROFILE = "auto"   # "auto" | "cpu" | "t4" | "24gb" | "80gb"
 SEED = 0
 MODEL_ID = None       # None: the profile's model; or a hub id / a local folder with the weights
+DATA_DIR = None       # None: download; or a folder with hand-downloaded datasets / models (README, AutoDL)
+TIME_BUDGET_MIN = None  # GPU: refuse a plan longer than this many minutes (None: the profile's budget)
 
 # %%
 from labkit.runtime import setup
 
-profile = setup(PROFILE, lab="env", seed=SEED, model_id=MODEL_ID)
+profile = setup(PROFILE, lab="env", seed=SEED, model_id=MODEL_ID, data_dir=DATA_DIR,
+                time_budget_min=TIME_BUDGET_MIN)
 
 # %% [markdown]
 # ## 硬件配置一览
@@ -136,21 +158,35 @@ print(preflight(profile, hardware).table())
 #
 # 1. **镜像**：在导入任何 Hugging Face 库*之前*设置 `HF_ENDPOINT=https://hf-mirror.com`。
 #    `huggingface_hub` 在导入时读取这个变量，之后再改不生效——所以要么在启动 Jupyter 前 `export`，
-#    要么在 notebook 第一个单元里 `setup(..., mirror="https://hf-mirror.com")`（`labkit.hub.configure_hub` 会在导入太晚时报错提醒重启内核）。
-# 2. **ModelScope**：`pip install modelscope` 后，`labkit.hub.resolve_model` 在 Hub 不可达时自动改从 ModelScope 下载（Qwen 的模型 id 相同）。
+#    要么在 notebook 开头调用 `setup(..., mirror="https://hf-mirror.com")`（`labkit.hub.configure_hub` 会在导入太晚时报错提醒重启内核）。
+# 2. **ModelScope**：`pip install modelscope` 后，Hub 与镜像都不可达时 labkit 自动改从 ModelScope 下载
+#    （Qwen 的模型 id 相同；GSM8K 等数据集在 ModelScope 上的 id 不同，`labkit.hub.MODELSCOPE_IDS` 里有对照）。
+# 3. **手动下载**：把模型放进一个目录并设 `MODEL_ID` 为该目录；把数据集按 Hub 上的目录结构放进 `DATA_DIR`
+#    （例如 `DATA_DIR/openai/gsm8k/main/test-00000-of-00001.parquet`），在 `parameters` 单元设置 `DATA_DIR`。
 #
-# `resolve_model` 的顺序：本地目录 → Hub（或镜像）→ ModelScope → 报错并说明该怎么做。
-# CPU 配置完全离线（`HF_HUB_OFFLINE=1`），不访问网络。下面用"假"的网络探测演示选择逻辑：
+# 模型（`resolve_model`）和数据集（`resolve_dataset`）走同一条链：本地路径 → `DATA_DIR` → `HF_ENDPOINT` / huggingface.co → hf-mirror.com
+# → ModelScope；全部失败时只报一个错误，列出每一处试过的结果和该怎么做。用镜像时 labkit 关掉 Xet 下载通道（它不走 `HF_ENDPOINT`）。
+# CPU 配置完全离线（`HF_HUB_OFFLINE=1`），不访问网络。下面用"假"的网络演示这条链：
 
 # %%
+import os
+from unittest import mock
+
 from labkit.hub import HubUnavailableError, choose_endpoint, resolve_model
 
 only_mirror = lambda url: "hf-mirror" in url            # pretend only the mirror answers
 print("endpoint chosen:", choose_endpoint(probe=only_mirror))
-try:
-    resolve_model("Qwen/Qwen3-0.6B", probe=lambda url: False, modelscope_download=None)
-except HubUnavailableError as err:
-    print(err)
+
+
+def modelscope_down(model_id: str) -> str:               # pretend ModelScope does not answer either
+    raise ConnectionError("modelscope.cn did not answer (pretend)")
+
+
+with mock.patch.dict(os.environ, {"HF_HUB_OFFLINE": "0"}):  # the cpu profile is offline: pretend it is not
+    try:
+        resolve_model("Qwen/Qwen3-0.6B", probe=lambda url: False, modelscope_download=modelscope_down)
+    except HubUnavailableError as err:
+        print(err)
 
 # %% [markdown]
 # ## CPU 配置的微型世界

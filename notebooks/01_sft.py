@@ -14,6 +14,8 @@
 # %% [markdown]
 # # 实验 01：监督微调（SFT）与 LoRA
 #
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/OWNER/REPO/blob/main/notebooks/01_sft.ipynb)
+#
 # **目标**
 # 1. 看懂聊天模板（chat template）如何把一问一答变成一串 token；
 # 2. 亲手构造 SFT 的标签掩码（只在助手回复上计算损失），并与 TRL 的结果逐个 token 对照；
@@ -29,10 +31,29 @@
 # 每台机器拿到的都是同一份权重（文件的 sha256 记录在 `stage.json` 里，加载前逐一校验）；
 # GPU 配置下是真实的 Qwen3 模型。SFT 要教会它按课程约定的格式作答：`<think>推理</think>答案`。
 
+# %% tags=["colab-setup"]
+# Colab：第一次运行时下载课程仓库，只安装 Colab 缺少的包（不动它自带的 torch、numpy、pandas、ipykernel）。
+# 本机、CI 或已经装好时，这一格什么也不做。换仓库 / 分支：先设环境变量 LABKIT_REPO / LABKIT_REF。
+try:
+    import labkit
+except ImportError:
+    import os, subprocess, sys
+    if "COLAB_RELEASE_TAG" not in os.environ:  # not Colab: this kernel is a Python without the kit
+        raise ImportError("这个内核里没有 labkit：在课程目录运行 `python3 lab.py lab`，用 'Python 3 (labkit, …)' 内核") from None
+    KIT, REPO = "/content/labkit-course", os.environ.get("LABKIT_REPO", "https://github.com/OWNER/REPO")
+    if not os.path.isdir(KIT):
+        ref = os.environ.get("LABKIT_REF", "main")
+        subprocess.run(["git", "clone", "-q", "--depth", "1", "--branch", ref, REPO, KIT], check=True)
+    sys.path.insert(0, KIT)
+    from labkit.colab import setup_cell
+    setup_cell(KIT)
+
 # %% tags=["parameters"]
 PROFILE = "auto"      # "auto" | "cpu" | "t4" | "24gb" | "80gb"
 SEED = 0
 MODEL_ID = None       # None: the profile's model; or a hub id / a local folder with the weights
+DATA_DIR = None       # None: download; or a folder with hand-downloaded datasets / models (README, AutoDL)
+TIME_BUDGET_MIN = None  # GPU: refuse a plan longer than this many minutes (None: the profile's budget)
 MAX_STEPS = None      # None: use the profile's default
 LEARNING_RATE = None
 EVAL_LIMIT = None     # number of held-out problems to evaluate (None: profile default)
@@ -40,8 +61,9 @@ EVAL_LIMIT = None     # number of held-out problems to evaluate (None: profile d
 # %%
 from labkit.runtime import setup
 
-profile = setup(PROFILE, lab="sft", seed=SEED, model_id=MODEL_ID, max_steps=MAX_STEPS,
-                learning_rate=LEARNING_RATE, eval_limit=EVAL_LIMIT)
+profile = setup(PROFILE, lab="sft", seed=SEED, model_id=MODEL_ID, data_dir=DATA_DIR, max_steps=MAX_STEPS,
+                learning_rate=LEARNING_RATE, eval_limit=EVAL_LIMIT,
+                time_budget_min=TIME_BUDGET_MIN)
 
 # %% [markdown]
 # ## 理论回顾
@@ -134,7 +156,7 @@ if profile.model_id == "tiny":
 # SFT 要解决的正是格式与指令遵循。（GPU 配置的真实基座模型不做这一步对照。）
 #
 # **t4 配置与"思考"模式。** `Qwen/Qwen3-0.6B` 是带思考模式的对话模型：它的聊天模板默认让模型先在
-# `<think>` 里自由推理，推理可能很长。本课程所有配置都用同一个生成预算（`max_new_tokens`，t4 为 384），
+# `<think>` 里自由推理，推理可能很长。每个配置的生成预算由 `max_new_tokens` 决定（t4 为 256，见上面打印的配置表），
 # 不关闭思考（`enable_thinking` 保持默认），系统提示要求"在 `<think>` 里推理、`</think>` 后只给数字"。
 # 所以 t4 上"训练前"的准确率同时量了两件事：会不会算，以及能否在预算内收尾给出答案——推理被截断的回答记为错。
 # SFT 的训练数据是短推理，看训练后的格式正确率能分辨提升有多少来自"学会收尾"。（这一段描述的是设置；

@@ -14,6 +14,8 @@
 # %% [markdown]
 # # 实验 02：奖励模型（Bradley–Terry）
 #
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/OWNER/REPO/blob/main/notebooks/02_reward_model.ipynb)
+#
 # **目标**
 # 1. 理解奖励模型如何把"成对偏好"变成一个标量分数（Bradley–Terry 模型）；
 # 2. 亲手算出一批偏好对的分数与损失，并与 TRL `RewardTrainer` 的结果对照；
@@ -25,10 +27,29 @@
 #
 # **运行时间**：2 核 CPU 上约 2 分钟。
 
+# %% tags=["colab-setup"]
+# Colab：第一次运行时下载课程仓库，只安装 Colab 缺少的包（不动它自带的 torch、numpy、pandas、ipykernel）。
+# 本机、CI 或已经装好时，这一格什么也不做。换仓库 / 分支：先设环境变量 LABKIT_REPO / LABKIT_REF。
+try:
+    import labkit
+except ImportError:
+    import os, subprocess, sys
+    if "COLAB_RELEASE_TAG" not in os.environ:  # not Colab: this kernel is a Python without the kit
+        raise ImportError("这个内核里没有 labkit：在课程目录运行 `python3 lab.py lab`，用 'Python 3 (labkit, …)' 内核") from None
+    KIT, REPO = "/content/labkit-course", os.environ.get("LABKIT_REPO", "https://github.com/OWNER/REPO")
+    if not os.path.isdir(KIT):
+        ref = os.environ.get("LABKIT_REF", "main")
+        subprocess.run(["git", "clone", "-q", "--depth", "1", "--branch", ref, REPO, KIT], check=True)
+    sys.path.insert(0, KIT)
+    from labkit.colab import setup_cell
+    setup_cell(KIT)
+
 # %% tags=["parameters"]
 PROFILE = "auto"      # "auto" | "cpu" | "t4" | "24gb" | "80gb"
 SEED = 0
 MODEL_ID = None       # None: the profile's model; or a hub id / a local folder with the weights
+DATA_DIR = None       # None: download; or a folder with hand-downloaded datasets / models (README, AutoDL)
+TIME_BUDGET_MIN = None  # GPU: refuse a plan longer than this many minutes (None: the profile's budget)
 MAX_STEPS = None      # None: the profile's default for this lab
 LEARNING_RATE = None
 SAMPLE_QUESTIONS = 150  # held-out questions the SFT policy answers afresh (section 6)
@@ -37,8 +58,10 @@ SAMPLES_PER_QUESTION = 4
 # %%
 from labkit.runtime import setup
 
-profile = setup(PROFILE, lab="rm", seed=SEED, model_id=MODEL_ID, max_steps=MAX_STEPS,
-                learning_rate=LEARNING_RATE)
+profile = setup(PROFILE, lab="rm", seed=SEED, model_id=MODEL_ID, data_dir=DATA_DIR, max_steps=MAX_STEPS,
+                learning_rate=LEARNING_RATE,
+                time_budget_min=TIME_BUDGET_MIN,
+                lab_params=dict(SAMPLE_QUESTIONS=SAMPLE_QUESTIONS, SAMPLES_PER_QUESTION=SAMPLES_PER_QUESTION))
 
 # %% [markdown]
 # ## 理论回顾

@@ -14,6 +14,8 @@
 # %% [markdown]
 # # 实验 03：直接偏好优化（DPO）
 #
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/OWNER/REPO/blob/main/notebooks/03_dpo.ipynb)
+#
 # **目标**
 # 1. 理解 DPO 如何跳过奖励模型：把奖励"藏"进策略本身，$r = \beta\log\frac{\pi_\theta}{\pi_{\text{ref}}}$；
 # 2. 亲手计算一批偏好对的 DPO 损失与隐式奖励，并与 TRL `DPOTrainer` 记录的 `rewards/*` 对照；
@@ -24,22 +26,45 @@
 #
 # **运行时间**：2 核 CPU 上约 2 分钟。
 
+# %% tags=["colab-setup"]
+# Colab：第一次运行时下载课程仓库，只安装 Colab 缺少的包（不动它自带的 torch、numpy、pandas、ipykernel）。
+# 本机、CI 或已经装好时，这一格什么也不做。换仓库 / 分支：先设环境变量 LABKIT_REPO / LABKIT_REF。
+try:
+    import labkit
+except ImportError:
+    import os, subprocess, sys
+    if "COLAB_RELEASE_TAG" not in os.environ:  # not Colab: this kernel is a Python without the kit
+        raise ImportError("这个内核里没有 labkit：在课程目录运行 `python3 lab.py lab`，用 'Python 3 (labkit, …)' 内核") from None
+    KIT, REPO = "/content/labkit-course", os.environ.get("LABKIT_REPO", "https://github.com/OWNER/REPO")
+    if not os.path.isdir(KIT):
+        ref = os.environ.get("LABKIT_REF", "main")
+        subprocess.run(["git", "clone", "-q", "--depth", "1", "--branch", ref, REPO, KIT], check=True)
+    sys.path.insert(0, KIT)
+    from labkit.colab import setup_cell
+    setup_cell(KIT)
+
 # %% tags=["parameters"]
 PROFILE = "auto"      # "auto" | "cpu" | "t4" | "24gb" | "80gb"
 SEED = 0
 MODEL_ID = None       # None: the profile's model; or a hub id / a local folder with the weights
+DATA_DIR = None       # None: download; or a folder with hand-downloaded datasets / models (README, AutoDL)
+TIME_BUDGET_MIN = None  # GPU: refuse a plan longer than this many minutes (None: the profile's budget)
 MAX_STEPS = None      # None: the profile's default for this lab (the same budget for every variant)
 LEARNING_RATE = None
 BETA = None           # None: the profile's beta (0.1)
-SWEEP_BETAS = (0.03, 0.5)   # compared with BETA on one figure
+SWEEP_BETAS = None    # betas compared with BETA on one figure; None: (0.03, 0.5), on t4/24gb (0.5,)
 IPO_BETA = 0.5        # IPO tau: it pulls the per-token log-ratio gap toward 1 / (2 tau), here 1
 EVAL_LIMIT = None
 
 # %%
 from labkit.runtime import setup
 
-profile = setup(PROFILE, lab="dpo", seed=SEED, model_id=MODEL_ID, max_steps=MAX_STEPS,
-                learning_rate=LEARNING_RATE, beta=BETA, eval_limit=EVAL_LIMIT)
+from labkit.profiles import notebook_params
+
+profile = setup(PROFILE, lab="dpo", seed=SEED, model_id=MODEL_ID, data_dir=DATA_DIR,
+                max_steps=MAX_STEPS, learning_rate=LEARNING_RATE, beta=BETA, eval_limit=EVAL_LIMIT,
+                time_budget_min=TIME_BUDGET_MIN, lab_params=dict(SWEEP_BETAS=SWEEP_BETAS))
+SWEEP_BETAS = notebook_params(profile.name, "dpo", SWEEP_BETAS=SWEEP_BETAS)["SWEEP_BETAS"]
 
 # %% [markdown]
 # ## 理论回顾

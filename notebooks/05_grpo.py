@@ -14,6 +14,8 @@
 # %% [markdown]
 # # 实验 05：GRPO——用可验证奖励做强化学习（RLVR）
 #
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/OWNER/REPO/blob/main/notebooks/05_grpo.ipynb)
+#
 # **目标**
 # 1. 在一组（同一道题的 G 个回答）上亲手算出 GRPO 的三样东西：组内相对优势、裁剪的目标函数、k3 KL 估计，
 #    并与 `labkit.algorithms` 和 TRL `GRPOTrainer` 的数值逐项对照；
@@ -25,10 +27,29 @@
 #
 # **运行时间**：2 核 CPU 上约 3 分钟。
 
+# %% tags=["colab-setup"]
+# Colab：第一次运行时下载课程仓库，只安装 Colab 缺少的包（不动它自带的 torch、numpy、pandas、ipykernel）。
+# 本机、CI 或已经装好时，这一格什么也不做。换仓库 / 分支：先设环境变量 LABKIT_REPO / LABKIT_REF。
+try:
+    import labkit
+except ImportError:
+    import os, subprocess, sys
+    if "COLAB_RELEASE_TAG" not in os.environ:  # not Colab: this kernel is a Python without the kit
+        raise ImportError("这个内核里没有 labkit：在课程目录运行 `python3 lab.py lab`，用 'Python 3 (labkit, …)' 内核") from None
+    KIT, REPO = "/content/labkit-course", os.environ.get("LABKIT_REPO", "https://github.com/OWNER/REPO")
+    if not os.path.isdir(KIT):
+        ref = os.environ.get("LABKIT_REF", "main")
+        subprocess.run(["git", "clone", "-q", "--depth", "1", "--branch", ref, REPO, KIT], check=True)
+    sys.path.insert(0, KIT)
+    from labkit.colab import setup_cell
+    setup_cell(KIT)
+
 # %% tags=["parameters"]
 PROFILE = "auto"      # "auto" | "cpu" | "t4" | "24gb" | "80gb"
 SEED = 0
 MODEL_ID = None       # None: the profile's model; or a hub id / a local folder with the weights
+DATA_DIR = None       # None: download; or a folder with hand-downloaded datasets / models (README, AutoDL)
+TIME_BUDGET_MIN = None  # GPU: refuse a plan longer than this many minutes (None: the profile's budget)
 MAX_STEPS = None      # GRPO steps; None: the profile's default for this lab
 LEARNING_RATE = None
 LOSS_TYPE = "grpo"    # TRL's default is "dapo"; lab 06 compares them
@@ -39,8 +60,9 @@ EVAL_LIMIT = None
 # %%
 from labkit.runtime import setup
 
-profile = setup(PROFILE, lab="grpo", seed=SEED, model_id=MODEL_ID, max_steps=MAX_STEPS,
-                learning_rate=LEARNING_RATE, eval_limit=EVAL_LIMIT)
+profile = setup(PROFILE, lab="grpo", seed=SEED, model_id=MODEL_ID, data_dir=DATA_DIR, max_steps=MAX_STEPS,
+                learning_rate=LEARNING_RATE, eval_limit=EVAL_LIMIT,
+                time_budget_min=TIME_BUDGET_MIN, lab_params=dict(EVAL_SAMPLES=EVAL_SAMPLES, BETA=BETA))
 
 # %% [markdown]
 # ## 理论回顾

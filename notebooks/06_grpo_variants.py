@@ -14,6 +14,8 @@
 # %% [markdown]
 # # 实验 06：GRPO 的改进——DAPO、Dr. GRPO、RLOO 同预算对比
 #
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/OWNER/REPO/blob/main/notebooks/06_grpo_variants.ipynb)
+#
 # **目标**
 # 1. 从头演示 GRPO 的长度偏差：按回答求平均时，每个 token 的梯度权重取决于回答有多长；Dr. GRPO 和 DAPO 怎样去掉它；
 # 2. 看清 DAPO 的四项技术各自改了什么：clip-higher、token 级损失、软超长惩罚、动态采样（TRL 只记录零方差组，
@@ -24,10 +26,29 @@
 #
 # **运行时间**：2 核 CPU 上约 3 分钟（四个变体各训练约半分钟）。
 
+# %% tags=["colab-setup"]
+# Colab：第一次运行时下载课程仓库，只安装 Colab 缺少的包（不动它自带的 torch、numpy、pandas、ipykernel）。
+# 本机、CI 或已经装好时，这一格什么也不做。换仓库 / 分支：先设环境变量 LABKIT_REPO / LABKIT_REF。
+try:
+    import labkit
+except ImportError:
+    import os, subprocess, sys
+    if "COLAB_RELEASE_TAG" not in os.environ:  # not Colab: this kernel is a Python without the kit
+        raise ImportError("这个内核里没有 labkit：在课程目录运行 `python3 lab.py lab`，用 'Python 3 (labkit, …)' 内核") from None
+    KIT, REPO = "/content/labkit-course", os.environ.get("LABKIT_REPO", "https://github.com/OWNER/REPO")
+    if not os.path.isdir(KIT):
+        ref = os.environ.get("LABKIT_REF", "main")
+        subprocess.run(["git", "clone", "-q", "--depth", "1", "--branch", ref, REPO, KIT], check=True)
+    sys.path.insert(0, KIT)
+    from labkit.colab import setup_cell
+    setup_cell(KIT)
+
 # %% tags=["parameters"]
 PROFILE = "auto"      # "auto" | "cpu" | "t4" | "24gb" | "80gb"
 SEED = 0
 MODEL_ID = None       # None: the profile's model; or a hub id / a local folder with the weights
+DATA_DIR = None       # None: download; or a folder with hand-downloaded datasets / models (README, AutoDL)
+TIME_BUDGET_MIN = None  # GPU: refuse a plan longer than this many minutes (None: the profile's budget)
 MAX_STEPS = None      # steps per variant; None: the profile's default for this lab
 LEARNING_RATE = None
 VARIANTS = ("grpo", "dapo", "dr_grpo", "rloo")
@@ -37,8 +58,9 @@ EVAL_LIMIT = None
 # %%
 from labkit.runtime import setup
 
-profile = setup(PROFILE, lab="grpo_compare", seed=SEED, model_id=MODEL_ID, max_steps=MAX_STEPS,
-                learning_rate=LEARNING_RATE, eval_limit=EVAL_LIMIT)
+profile = setup(PROFILE, lab="grpo_compare", seed=SEED, model_id=MODEL_ID, data_dir=DATA_DIR,
+                max_steps=MAX_STEPS, learning_rate=LEARNING_RATE, eval_limit=EVAL_LIMIT,
+                time_budget_min=TIME_BUDGET_MIN, lab_params=dict(EVAL_SAMPLES=EVAL_SAMPLES, VARIANTS=VARIANTS))
 
 # %% [markdown]
 # ## 理论回顾

@@ -14,6 +14,8 @@
 # %% [markdown]
 # # 实验 07：测试时计算——Best-of-N、投票，以及"训练时 vs 推理时"算力
 #
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/OWNER/REPO/blob/main/notebooks/07_test_time_compute.ipynb)
+#
 # **目标**
 # 1. 对同一道题采样 N 个回答，用四种规则挑一个：**oracle 验证器**（对照标准答案，上界）、**奖励模型**（实验 02 的 RM）、
 #    **多数投票**（self-consistency）、**加权投票**；亲手实现规则和 pass@k 的无偏估计，与 `labkit.best_of_n` 对照；
@@ -27,21 +29,46 @@
 #
 # **运行时间**：2 核 CPU 上约 1.5 分钟。
 
+# %% tags=["colab-setup"]
+# Colab：第一次运行时下载课程仓库，只安装 Colab 缺少的包（不动它自带的 torch、numpy、pandas、ipykernel）。
+# 本机、CI 或已经装好时，这一格什么也不做。换仓库 / 分支：先设环境变量 LABKIT_REPO / LABKIT_REF。
+try:
+    import labkit
+except ImportError:
+    import os, subprocess, sys
+    if "COLAB_RELEASE_TAG" not in os.environ:  # not Colab: this kernel is a Python without the kit
+        raise ImportError("这个内核里没有 labkit：在课程目录运行 `python3 lab.py lab`，用 'Python 3 (labkit, …)' 内核") from None
+    KIT, REPO = "/content/labkit-course", os.environ.get("LABKIT_REPO", "https://github.com/OWNER/REPO")
+    if not os.path.isdir(KIT):
+        ref = os.environ.get("LABKIT_REF", "main")
+        subprocess.run(["git", "clone", "-q", "--depth", "1", "--branch", ref, REPO, KIT], check=True)
+    sys.path.insert(0, KIT)
+    from labkit.colab import setup_cell
+    setup_cell(KIT)
+
 # %% tags=["parameters"]
 PROFILE = "auto"      # "auto" | "cpu" | "t4" | "24gb" | "80gb"
 SEED = 0
 MODEL_ID = None       # None: the profile's model; or a hub id / a local folder with the weights
-MAX_N = 32            # samples per question, a power of 2 (curves at N in 1, 2, 4, ..., MAX_N)
+DATA_DIR = None       # None: download; or a folder with hand-downloaded datasets / models (README, AutoDL)
+TIME_BUDGET_MIN = None  # GPU: refuse a plan longer than this many minutes (None: the profile's budget)
+MAX_N = None          # samples per question, a power of 2 (curves at N in 1, 2, 4, ...); None: 32, GPUs 16
 TEMPERATURE = 1.0     # sampling temperature (> 0); 1.0 is what the GRPO policy was trained with
 HARD_LEVEL = 3        # the level with headroom: the headline metrics are measured on it
 HARD_LIMIT = None     # questions of that level; None: the profile's eval_limit for this lab
-OTHER_LIMIT = 64      # questions of each other level, for the difficulty comparison
-GRPO_N = 16           # samples per hard question from the GRPO policy
+OTHER_LIMIT = None    # questions of each other level, for the difficulty comparison; None: 64 (GPUs: fewer)
+GRPO_N = None         # samples per hard question from the GRPO policy; None: 16 (t4/24gb: 8)
 
 # %%
 from labkit.runtime import setup
 
-profile = setup(PROFILE, lab="best_of_n", seed=SEED, model_id=MODEL_ID, eval_limit=HARD_LIMIT)
+from labkit.profiles import notebook_params
+
+sizes = dict(MAX_N=MAX_N, OTHER_LIMIT=OTHER_LIMIT, GRPO_N=GRPO_N)   # None: the profile's value
+profile = setup(PROFILE, lab="best_of_n", seed=SEED, model_id=MODEL_ID, data_dir=DATA_DIR,
+                eval_limit=HARD_LIMIT, time_budget_min=TIME_BUDGET_MIN, lab_params=sizes)
+sizes = notebook_params(profile.name, "best_of_n", **sizes)
+MAX_N, OTHER_LIMIT, GRPO_N = sizes["MAX_N"], sizes["OTHER_LIMIT"], sizes["GRPO_N"]
 
 # %% [markdown]
 # ## 理论回顾

@@ -179,6 +179,17 @@ def test_parse_parameters():
             parse_parameters([bad])
 
 
+def test_local_folders_given_on_the_command_line_become_absolute(tmp_path, monkeypatch):
+    """`lab.py course -p MODEL_ID=./Qwen3 -p DATA_DIR=data`: the folders the user typed, from where they
+    typed them (the notebooks run elsewhere); a hub id is left alone."""
+    (tmp_path / "Qwen3").mkdir()
+    (tmp_path / "data").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert parse_parameters(["MODEL_ID=./Qwen3", "DATA_DIR=data", "NAME=data"]) == \
+        {"MODEL_ID": str(tmp_path / "Qwen3"), "DATA_DIR": str(tmp_path / "data"), "NAME": "data"}
+    assert parse_parameters(["MODEL_ID=Qwen/Qwen3-0.6B"]) == {"MODEL_ID": "Qwen/Qwen3-0.6B"}
+
+
 def test_outputs_are_sanitized(cpu_run):
     good = (cpu_run["out_dir"] / "02_good.ipynb").read_text(encoding="utf-8")
     bad = (cpu_run["out_dir"] / "01_bad.ipynb").read_text(encoding="utf-8")

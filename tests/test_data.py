@@ -453,7 +453,7 @@ def test_gsm8k_bad_arguments(tmp_path):
         load_gsm8k("eval", path=tmp_path)
     with pytest.raises(FileNotFoundError):
         load_gsm8k("test", path=str(tmp_path / "nope" / "test.jsonl"))
-    with pytest.raises(DataError, match="no test\\*.parquet"):
+    with pytest.raises(DataError, match="no file for split 'test'"):
         load_gsm8k("test", path=tmp_path)  # a folder without GSM8K files
     (tmp_path / "test.csv").write_text("question,answer\n", encoding="utf-8")
     with pytest.raises(DataError, match="expected a .parquet or .jsonl file"):
@@ -476,12 +476,29 @@ def test_gsm8k_hub_id_goes_through_resolve_dataset(monkeypatch, tmp_path):
     for split in ("train", "test"):
         pq.write_table(pa.Table.from_pylist(GSM8K_ROWS[:2]), tmp_path / "main" / f"{split}-00000-of-00001.parquet")
     calls = []
-    monkeypatch.setattr(hub, "resolve_dataset", lambda dataset_id: calls.append(dataset_id) or str(tmp_path))
+    monkeypatch.setattr(hub, "resolve_dataset",
+                        lambda dataset_id, data_dir: calls.append((dataset_id, data_dir)) or str(tmp_path))
     rows = load_problems("gsm8k", "eval", limit=1)
-    assert calls == ["openai/gsm8k"]
+    assert calls == [("openai/gsm8k", None)]
     assert [r["id"] for r in rows] == ["gsm8k-test-00000"]
     assert load_gsm8k("train", path="someone/gsm8k-copy")[0]["id"] == "gsm8k-train-00000"
-    assert calls[-1] == "someone/gsm8k-copy"
+    assert calls[-1] == ("someone/gsm8k-copy", None)
+    load_problems("gsm8k", "sft", data_dir="/data")  # DATA_DIR, passed on to the hub's chain
+    assert calls[-1] == ("openai/gsm8k", "/data")
+
+
+def test_gsm8k_from_data_dir_in_both_layouts(tmp_path, monkeypatch):
+    """DATA_DIR/openai/gsm8k as the hub lays it out, or DATA_DIR/gsm8k as GitHub's release
+    (whose test_socratic.jsonl is the same questions in another format, and is not read)."""
+    from labkit import hub
+
+    monkeypatch.delenv("LABKIT_STANDIN", raising=False)
+    write_jsonl(tmp_path / "gsm8k" / "test.jsonl", GSM8K_ROWS)
+    write_jsonl(tmp_path / "gsm8k" / "test_socratic.jsonl", GSM8K_ROWS[:1])
+    assert [r["answer"] for r in load_gsm8k("test", data_dir=tmp_path)] == ["72", "1000", "-3"]
+    write_jsonl(tmp_path / "openai" / "gsm8k" / "main" / "test-00000-of-00001.jsonl", GSM8K_ROWS[:1])
+    monkeypatch.setenv(hub.DATA_DIR_ENV, str(tmp_path))
+    assert [r["answer"] for r in load_gsm8k("test")] == ["72"]
 
 
 def test_load_problems_dispatch(splits):

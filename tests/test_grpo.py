@@ -124,8 +124,8 @@ def test_use_vllm_off_for_missing_or_unsupported_vllm(fake_gpu, version, reason)
 
 
 def test_use_vllm_off_when_training_does_not_fit_next_to_vllms_share(fake_gpu):
-    profile = get_profile("24gb", lab="grpo")
-    estimate = estimate_memory(train_plan(profile, "grpo"))  # about 11.2 GiB
+    profile = get_profile("24gb", lab="grpo", rollout_batch_size=8, max_new_tokens=512)
+    estimate = estimate_memory(train_plan(profile, "grpo"))  # about 11.2 GiB (64 completions of 512)
     assert estimate.fits(16 * GiB)  # fits a 16 GiB GPU on its own ...
     assert not estimate.fits(16 * GiB, reserved_bytes=int(0.3 * 16 * GiB))  # ... not beside vLLM
     on, reason = use_vllm(profile, vram_gb=16.0)
@@ -136,7 +136,7 @@ def test_rl_args_follow_use_vllm(fake_gpu, tmp_path, monkeypatch):
     args = grpo._rl_args(get_profile("24gb", lab="grpo"), tmp_path, None, 0)  # 24 GiB: fits
     assert args["use_vllm"] is True and args["vllm_mode"] == "colocate"
     assert args["vllm_gpu_memory_utilization"] == grpo.VLLM_GPU_MEMORY_UTILIZATION
-    monkeypatch.setattr(grpo, "_cuda_vram_gb", lambda: 16.0)
+    monkeypatch.setattr(grpo, "_cuda_vram_gb", lambda: 12.0)  # 7.7 GiB + vLLM's 3.6 > 90 % of 12
     assert grpo._rl_args(get_profile("24gb", lab="grpo"), tmp_path, None, 0)["use_vllm"] is False
     assert grpo._rl_args(get_profile("t4", lab="grpo"), tmp_path, None, 0)["use_vllm"] is False
 

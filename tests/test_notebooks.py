@@ -7,7 +7,9 @@ a. Pairing. `notebooks/NN_name.py` (jupytext percent script) is the source of tr
    and tags must agree (outputs and other metadata are ignored). Every NN_name.ipynb has a .py.
    Rebuild the .ipynb with `python -m labkit.course NN` after editing the .py (or edit it in
    JupyterLab with jupytext pairing, which saves both).
-b. Shape. The first code cell is tagged `parameters` and assigns PROFILE and SEED. The last
+b. Shape. The first code cell is the Colab setup cell (tagged `colab-setup`, a no-op wherever
+   labkit imports; tests/test_colab.py checks its text) and the second is tagged `parameters` and
+   assigns PROFILE and SEED. The last
    code cell calls `metrics.show()` (`labkit.metrics.show()` also counts). The committed
    .ipynb is executed (every code cell has an execution count), has no error outputs and no
    machine paths in its text outputs (/tmp/, /root/, /work/, /home/<user>).
@@ -46,6 +48,7 @@ import nbformat
 import pytest
 from papermill.translators import PythonTranslator
 
+from labkit.colab import SETUP_TAG
 from labkit.course import committed_metrics, compare_notebooks, discover, run_notebooks
 from labkit.exercises import MARKERS, STUB, make_student_copy
 
@@ -212,9 +215,11 @@ def test_every_notebook_has_a_script():
 # --- b. shape -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("script", _each_script())
-def test_first_code_cell_is_parameters(script):
-    first = _code_cells(jupytext.read(script))[0]
-    assert "parameters" in _tags(first), f"{script.name}: the first code cell must be tagged `parameters`"
+def test_setup_cell_then_parameters_cell(script):
+    setup, first = _code_cells(jupytext.read(script))[:2]
+    assert _tags(setup) == [SETUP_TAG], (f"{script.name}: the first code cell must be the Colab setup cell "
+                                         f"tagged `{SETUP_TAG}` (`python -m labkit.colab badges` adds it)")
+    assert "parameters" in _tags(first), f"{script.name}: the second code cell must be tagged `parameters`"
     bound = _bound_names(_parse(first.source, f"{script.name} parameters cell"))
     missing = {"PROFILE", "SEED"} - bound
     assert not missing, f"{script.name}: the parameters cell must assign {sorted(missing)}"

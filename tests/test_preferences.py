@@ -69,6 +69,27 @@ def test_local_hub_snapshot_is_split_by_fraction(tmp_path):
     assert len(train) == 27
 
 
+def test_hub_id_is_read_from_data_dir(tmp_path, monkeypatch):
+    """argilla/distilabel-math-preference-dpo put by hand into DATA_DIR, in the hub's layout
+    (data/train-00000-of-00001.parquet), with no hub access at all."""
+    import urllib.request
+
+    import pandas as pd
+
+    from labkit import hub
+
+    monkeypatch.delenv("LABKIT_STANDIN", raising=False)
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: pytest.fail("used the network"))
+    folder = tmp_path / "argilla" / "distilabel-math-preference-dpo" / "data"
+    folder.mkdir(parents=True)
+    pd.DataFrame([{"instruction": f"q{i}", "chosen_response": f"good {i}", "rejected_response": f"bad {i}"}
+                  for i in range(10)]).to_parquet(folder / "train-00000-of-00001.parquet")
+    pairs = load_preferences("argilla/distilabel-math-preference-dpo", "heldout", data_dir=tmp_path)
+    assert [p["question"] for p in pairs] == ["q9"]
+    monkeypatch.setenv(hub.DATA_DIR_ENV, str(tmp_path))
+    assert len(load_preferences("argilla/distilabel-math-preference-dpo", "train")) == 9
+
+
 def test_folder_without_train_files_is_an_error(tmp_path):
     with pytest.raises(DataError, match="no train"):
         load_preferences(str(tmp_path), "train")

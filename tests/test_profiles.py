@@ -112,6 +112,27 @@ def test_unknown_field_in_lab_overrides_is_reported(monkeypatch):
         get_profile("cpu", lab="sft")
 
 
+def test_data_dir_is_stored_absolute_and_must_exist(tmp_path, monkeypatch):
+    (tmp_path / "data").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert get_profile("cpu").data_dir is None
+    assert get_profile("t4", data_dir="data").data_dir == str(tmp_path / "data")
+    assert get_profile("cpu", data_dir=tmp_path / "data").data_dir == str(tmp_path / "data")
+    with pytest.raises(ProfileError, match="data_dir 'nope' is not an existing folder"):
+        get_profile("cpu", data_dir="nope")
+
+
+@pytest.mark.parametrize("name", ["cpu", "t4"])
+def test_data_dir_changes_no_stage_key(tmp_path, name):
+    """data_dir says where the data came from, not what it is: the same stage, wherever it was read."""
+    from labkit import stages
+
+    plain, with_dir = get_profile(name), get_profile(name, data_dir=tmp_path)
+    assert not any("data_dir" in key_fields for key_fields in stages.KEY_FIELDS.values())
+    for stage in ("sft", "rm"):
+        assert stages.stage_key(stage, with_dir) == stages.stage_key(stage, plain)
+
+
 def test_profiles_are_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         PROFILES["cpu"].max_steps = 1  # type: ignore[misc]
@@ -233,3 +254,26 @@ def test_hardware_rows():
     assert dict(hw.rows())["VRAM total / free"] == "24.0 / 23.5 GiB"
     assert dict(hw.rows())["compute capability"] == "8.9"
     assert dict(hw.rows())["bf16"] == "yes"
+
+
+def test_a_gpu_torch_cannot_use_is_an_error_not_the_cpu_profile(monkeypatch, tmp_path):
+    """nvidia-smi sees a GPU, torch does not (a CUDA 13 wheel on an old driver): auto must not fall
+    back to the cpu profile quietly; it says why and what to do. PROFILE = 'cpu' still works."""
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'Tesla T4, 535.104.05'\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    hw = detect()
+    assert hw.device == "cpu" and "Tesla T4 (driver 535.104.05)" in hw.unusable_gpu
+    assert "built for CUDA 13.0" in hw.unusable_gpu and "download.pytorch.org/whl/cu126" in hw.unusable_gpu
+    with pytest.raises(ProfileError, match="torch cannot use it"):
+        get_profile("auto", hardware=hw)
+    assert get_profile("cpu", hardware=hw).name == "cpu"
+    monkeypatch.setattr(torch.version, "cuda", None)
+    assert "CPU-only build" in detect().unusable_gpu
+
+
+def test_no_nvidia_smi_means_no_gpu_problem(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert detect().unusable_gpu is None

@@ -744,3 +744,15 @@ def test_command_line_build_from_scratch_check_and_ship(fakes, cache, tmp_path, 
     with pytest.raises(SystemExit):
         stages.main(["build", "dpo"])
     assert "unknown stage(s) ['dpo']" in capsys.readouterr().err
+    assert stages.main(["prepare", "base", "sft", "--profile", "cpu"]) == 0     # cpu: checks (shipped)
+    assert [c[0] for c in fakes] == ["base", "sft", "base"]
+
+
+def test_prepare_leaves_gpu_stages_to_the_lab_that_needs_them(fakes, cache, monkeypatch, capsys):
+    """lab.py course on a GPU builds nothing up front: each lab builds (and times) its own stages."""
+    from labkit.hardware import Hardware
+
+    monkeypatch.setattr("labkit.hardware.detect", lambda: Hardware(device="cuda", name="Tesla T4",
+                        vram_total_gb=15.0, vram_free_gb=14.5, capability=(7, 5), cpu_cores=2))
+    assert stages.main(["prepare", "--profile", "t4"]) == 0 and fakes == []
+    assert "built (and cached) by the first lab that needs it" in capsys.readouterr().out
