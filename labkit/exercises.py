@@ -66,6 +66,8 @@ def check_close(name: str, value: object, expected: object, tol: float = 1e-4, h
 
 def check_equal(name: str, value: object, expected: object, hint: str = "") -> None:
     """Check exact equality (tensors and arrays are compared as nested lists)."""
+    if value is None and expected is not None:
+        _fail(name, "还没有完成：答案仍是 None / not done yet: the answer is still None", hint)
     got, want = _plain(value), _plain(expected)
     if got != want:
         _fail(name, f"应等于 / should equal {_short(want)}, 实际 / got {_short(got)}", hint)

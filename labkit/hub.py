@@ -86,13 +86,14 @@ class HubUnavailableError(RuntimeError):
 
 
 def configure_hub(mirror: str | None = None, offline: bool = False,
-                  data_dir: str | os.PathLike | None = None) -> None:
+                  data_dir: str | os.PathLike | None = None, allow_http: bool = False) -> None:
     """Set the hub environment variables. Call it first thing in a notebook.
 
     mirror: an endpoint such as "https://hf-mirror.com" (sets HF_ENDPOINT); None leaves
     HF_ENDPOINT as it is. offline=True sets HF_HUB_OFFLINE=1 (use only the local cache).
     data_dir: the folder of repos downloaded by hand (sets $LABKIT_HUB_DATA_DIR, absolute; it
-    must exist); None leaves it as it is. Telemetry is always turned off, and Xet whenever the
+    must exist); None leaves it as it is. An http:// mirror (weights and data in cleartext, open to
+    tampering on the way) is refused unless `allow_http=True` says it is meant (a campus proxy). Telemetry is always turned off, and Xet whenever the
     endpoint is not huggingface.co. Raises HubConfigError if huggingface_hub (or datasets) has
     already read different values, because then the new ones would be silently ignored.
     """
@@ -102,6 +103,10 @@ def configure_hub(mirror: str | None = None, offline: bool = False,
     if mirror is not None:
         if not mirror.startswith(("https://", "http://")):
             raise ValueError(f"mirror must be a URL such as {MIRROR_ENDPOINT!r}, got {mirror!r}")
+        if mirror.startswith("http://") and not allow_http:
+            raise ValueError(f"mirror {mirror!r} is plain http: model weights and data would travel unencrypted "
+                             f"and could be altered on the way. Use https (e.g. {MIRROR_ENDPOINT!r}), or pass "
+                             "allow_http=True if this is a trusted local proxy.")
         env["HF_ENDPOINT"] = mirror.rstrip("/")
     if offline:
         env["HF_HUB_OFFLINE"] = "1"

@@ -173,6 +173,11 @@ NOTEBOOK_PARAMS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
+# The lab names get_profile knows (the `lab=` of labkit.runtime.setup, and the stage names): a typo
+# such as "gpro" must not quietly get another lab's sizes and memory plan.
+LABS = ("env", "base", "sft", "rm", "dpo", "ppo", "grpo", "grpo_compare", "best_of_n")
+
+
 class ProfileError(ValueError):
     """An unknown profile or field, or a profile that does not match the hardware."""
 
@@ -217,6 +222,8 @@ def get_profile(name: str = "auto", lab: str | None = None, hardware: Hardware |
     if hardware is not None and profile.device == "cuda" and hardware.device != "cuda":
         raise ProfileError(f"profile {name!r} needs a CUDA GPU but none was found; use 'cpu'")
     valid = {f.name for f in fields(Profile)}
+    if lab is not None and lab not in LABS and lab not in LAB_OVERRIDES:
+        raise ProfileError(f"unknown lab {lab!r}; known labs: {', '.join(LABS)}")
     changes = dict(LAB_OVERRIDES.get(lab or "", {}).get(name, {}))
     if world() is not None and profile.device == "cuda":
         changes.update(SMOKE)

@@ -19,6 +19,7 @@ import logging
 import re
 import signal
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -155,14 +156,19 @@ def as_fraction(text: str) -> Fraction | None:
 
 @contextmanager
 def _time_limit(seconds: float) -> Iterator[None]:
-    """Raise _VerifyTimeout in the main thread after `seconds` (SIGALRM; we take it over for the duration)."""
+    """Raise _VerifyTimeout in the main thread after `seconds` (SIGALRM; we take it over for the duration).
+
+    A timer the caller had running (a watchdog, pytest-timeout's signal mode) is given back afterwards
+    with what remains of it, so it still fires (at once, if it fell due while we held the signal).
+    """
 
     def on_alarm(signum: int, frame: Any) -> None:
         raise _VerifyTimeout
 
     old_handler = signal.signal(signal.SIGALRM, on_alarm)
     # Keep firing every 0.1 s after the deadline, in case some library code swallows the first alarm.
-    signal.setitimer(signal.ITIMER_REAL, seconds, 0.1)
+    old_delay, old_interval = signal.setitimer(signal.ITIMER_REAL, seconds, 0.1)
+    start = time.monotonic()
     try:
         yield
     finally:
@@ -170,6 +176,9 @@ def _time_limit(seconds: float) -> Iterator[None]:
             signal.setitimer(signal.ITIMER_REAL, 0)
         finally:  # restore the handler even if a last alarm fires right here
             signal.signal(signal.SIGALRM, old_handler)
+            if old_delay > 0:
+                left = old_delay - (time.monotonic() - start)
+                signal.setitimer(signal.ITIMER_REAL, max(left, 1e-3), old_interval)
 
 
 def _math_verify_match(pred: str, gold: str) -> bool:

@@ -133,3 +133,11 @@ def test_student_copy_needs_markers(tmp_path, capsys):
         main(["student-copy", str(tmp_path / "01_demo.py"), str(tmp_path / "out.ipynb")])
     assert info.value.code == 2 and "needs a marker" in capsys.readouterr().err
     assert not (tmp_path / "out.ipynb").exists()
+
+
+def test_an_exercise_left_at_none_says_it_is_not_done_yet():
+    with pytest.raises(ExerciseError, match="not done yet"):
+        check_equal("loss", None, 0.5)
+    with pytest.raises(ExerciseError, match="should equal"):
+        check_equal("loss", 0.4, 0.5)
+    check_equal("nothing", None, None)  # None can still be the right answer

@@ -571,3 +571,10 @@ def test_choose_endpoint():
     assert choose_endpoint(probe=reachable_only()) is None
     assert choose_endpoint(["https://a", "https://b"], probe=reachable_only("https://b")) == \
         "https://b"
+
+
+def test_a_plain_http_mirror_needs_an_explicit_opt_in(monkeypatch):
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    with pytest.raises(ValueError, match="plain http.*allow_http=True"):
+        hub.configure_hub(mirror="http://hf-mirror.example")
+    assert "HF_ENDPOINT" not in os.environ

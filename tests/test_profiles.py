@@ -277,3 +277,10 @@ def test_a_gpu_torch_cannot_use_is_an_error_not_the_cpu_profile(monkeypatch, tmp
 def test_no_nvidia_smi_means_no_gpu_problem(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
     assert detect().unusable_gpu is None
+
+
+def test_an_unknown_lab_name_is_refused_not_given_the_sft_recipe():
+    with pytest.raises(ProfileError, match="unknown lab 'gpro'; known labs: .*grpo"):
+        get_profile("cpu", lab="gpro")
+    for lab in profiles.LABS:
+        get_profile("t4", lab=lab, hardware=None)

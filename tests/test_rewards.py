@@ -421,3 +421,24 @@ def test_megabyte_inputs_are_bounded_in_time(name):
             assert result in ([0.0], [1.0])
         if call_name == "combined":
             assert 0.0 <= result[0] <= 2.0 and not math.isnan(result[0])
+
+
+def test_a_callers_interval_timer_survives_a_reward_call():
+    """The reward's own SIGALRM deadline must not cancel a timer the caller had running (a watchdog,
+    pytest-timeout's signal mode): what remains of it is given back and it still fires."""
+    import signal
+
+    fired = []
+    old_handler = signal.signal(signal.SIGALRM, lambda signum, frame: fired.append(time.monotonic()))
+    try:
+        start = time.monotonic()
+        signal.setitimer(signal.ITIMER_REAL, 0.8)
+        assert rewards.accuracy_reward(["<think>38 / 2</think> \\boxed{\\frac{38}{2}}"], answer=["19"]) == [1.0]
+        left = signal.getitimer(signal.ITIMER_REAL)[0]
+        assert 0 < left <= 0.8, left
+        while not fired and time.monotonic() - start < 3:
+            time.sleep(0.01)
+        assert fired and 0.7 <= fired[0] - start < 2.0
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old_handler)
