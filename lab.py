@@ -93,6 +93,12 @@ def run(cmd: list[str], **kw) -> None:
     subprocess.run(cmd, check=True, **kw)
 
 
+def env_prefix(python: str) -> Path:
+    """sys.prefix of the environment `python` belongs to."""
+    return Path(subprocess.run([python, "-c", "import sys; print(sys.prefix)"],
+                               capture_output=True, text=True, check=True).stdout.strip())
+
+
 class SetupError(RuntimeError):
     """The environment cannot be used as it is; the message says what to do."""
 
@@ -117,9 +123,7 @@ def install(python: str, extras: list[str]) -> None:
                   "a preinstalled CUDA build is never replaced)")
     if shutil.which("nvidia-smi"):
         extras = [*extras, "gpu"]  # bitsandbytes, for 4-bit QLoRA
-    stamp_dir = Path(subprocess.run([python, "-c", "import sys; print(sys.prefix)"],
-                                    capture_output=True, text=True, check=True).stdout.strip())
-    stamp = stamp_dir / ".labkit-install"
+    stamp = env_prefix(python) / ".labkit-install"
     digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()
                             + ",".join(sorted(extras)).encode() + torch_version.encode()).hexdigest()
     if stamp.exists() and stamp.read_text() == digest:
@@ -176,10 +180,8 @@ def lab_command(python: str, args: list[str]) -> list[str]:
 def lab_env(python: str) -> dict[str, str]:
     """The environment JupyterLab starts with: the kit environment's kernels are found first, so a
     notebook's "python3" kernel is that Python, never one from another installation."""
-    prefix = subprocess.run([python, "-c", "import sys; print(sys.prefix)"], capture_output=True,
-                            text=True, check=True).stdout.strip()
     env = dict(os.environ)
-    env["JUPYTER_PATH"] = os.pathsep.join(p for p in (str(Path(prefix) / "share" / "jupyter"),
+    env["JUPYTER_PATH"] = os.pathsep.join(p for p in (str(env_prefix(python) / "share" / "jupyter"),
                                                       env.get("JUPYTER_PATH", "")) if p)
     return env
 

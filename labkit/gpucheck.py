@@ -195,6 +195,7 @@ def load_trainable(lab: str, folder: Path, profile: Profile, plan: TrainPlan) ->
     from peft import get_peft_model
 
     from labkit.models import load_model, lora_config, upcast_trainable
+    from labkit.trainer_args import checkpointing_arg
 
     if lab == "ppo":
         from labkit.ppo import load_policy
@@ -207,10 +208,8 @@ def load_trainable(lab: str, folder: Path, profile: Profile, plan: TrainPlan) ->
     else:
         base, config = load_model(folder, profile), lora_config(profile)
     if plan.gradient_checkpointing:
-        # What the Trainer does with activation checkpointing on (transformers 5.15, Colab's, has
-        # only the older name of the method).
-        enable = getattr(base, "activation_checkpointing_enable", None) or base.gradient_checkpointing_enable
-        enable()
+        # What the Trainer does with checkpointing on, under the name this transformers uses.
+        getattr(base, f"{checkpointing_arg()}_enable")()
     return upcast_trainable(get_peft_model(base, config))
 
 
