@@ -6,6 +6,15 @@ the same quantity, the function matches TRL's convention (tests/test_algorithms.
 
 Shapes: batch-first. `B` = batch size, `T` = sequence length, `V` = vocabulary size.
 `mask` is a 0/1 (or bool) tensor of shape [B, T], 1 on the tokens that count (response tokens).
+
+Two alignments of per-token quantities appear, and a response mask exists for each:
+  - with the inputs, [B, T]: position t holds log p(input_ids[t] | input_ids[:t]); this is what
+    `response_logprobs` returns and what `response_mask` (from `tokenize_prompt_response`) marks;
+  - with the shifted labels, [B, T-1]: position t holds log p(input_ids[t+1] | input_ids[:t+1]),
+    i.e. `token_logprobs(*shift_for_causal_lm(logits, input_ids))`, TRL's and HF's layout;
+    `shift_mask(response_mask)` is the matching mask.
+The microbatch steps at the end (`sft_microbatch_step`, `grpo_microbatch_step`) put the pieces
+together: log-probs and response mask -> normalized loss -> / grad_accum_steps -> backward.
 """
 
 from __future__ import annotations
@@ -17,6 +26,8 @@ import torch
 import torch.nn.functional as F
 
 Norm = Literal["token", "sequence", "constant"]
+PGKind = Literal["reinforce", "reinforce_baseline", "clipped"]
+PG_KINDS: tuple[str, ...] = ("reinforce", "reinforce_baseline", "clipped")
 DPOLossType = Literal["sigmoid", "ipo", "hinge", "robust"]
 
 
@@ -60,6 +71,21 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> 
     if bool((count == 0).any()):
         raise AlgorithmInputError("masked_mean: the mask is all zeros (in some row); nothing to average.")
     return masked_sum(x, mask, dim) / count
+
+
+def masked_sum_over_constant(
+    x: torch.Tensor, mask: torch.Tensor, constant: float, dim: int | None = None
+) -> torch.Tensor:
+    """sum_i m_i x_i / C over `dim` (all dims when None), with C a fixed positive number.
+
+    Unlike `masked_mean`, the divisor does not depend on how many entries the mask keeps. Dr. GRPO
+    uses C = B * max_len (batch size times the generation budget), so a long response's tokens
+    weigh as much as a short one's; TRL divides by `num_items_in_batch` (the loss tokens of a whole
+    gradient-accumulation window) the same way, so the microbatch losses add up to one token mean.
+    """
+    if not constant > 0:
+        raise AlgorithmInputError(f"masked_sum_over_constant needs a positive constant; got {constant}.")
+    return masked_sum(x, mask, dim) / constant
 
 
 def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
@@ -158,6 +184,26 @@ def shift_for_causal_lm(logits: torch.Tensor, input_ids: torch.Tensor) -> tuple[
             f"and {tuple(input_ids.shape)}."
         )
     return logits[:, :-1], input_ids[:, 1:]
+
+
+def shift_mask(response_mask: torch.Tensor) -> torch.Tensor:
+    """The response mask aligned with the shifted labels of `shift_for_causal_lm`: response_mask[:, 1:].
+
+        aligned with the inputs:         response_mask        [B, T]    1 where input_ids[b, t] is a response token
+        aligned with the shifted labels: response_mask[:, 1:] [B, T-1]  1 where input_ids[b, t+1] is one
+
+    so masked_sum(token_logprobs(*shift_for_causal_lm(logits, ids)), shift_mask(m)) equals
+    masked_sum(response_logprobs(...), m). The first token has no log-prob, so a mask with a 1
+    in column 0 is refused (it would silently lose that token).
+    """
+    if response_mask.dim() != 2:
+        raise AlgorithmInputError(f"shift_mask needs a [B, T] mask; got shape {tuple(response_mask.shape)}.")
+    if bool(response_mask[:, 0].bool().any()):
+        raise AlgorithmInputError(
+            "response_mask is 1 on the first token, which has no log-prob; every response needs a "
+            "non-empty prompt before it."
+        )
+    return response_mask[:, 1:]
 
 
 def aligned_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
@@ -420,8 +466,53 @@ def aggregate_loss(
     if norm == "constant":
         if max_len is None or max_len < 1:
             raise AlgorithmInputError('norm="constant" needs max_len (the max completion length, e.g. 256).')
-        return total / (per_token.shape[0] * max_len)
+        return masked_sum_over_constant(per_token, m, per_token.shape[0] * max_len)
     raise AlgorithmInputError(f'norm must be "token", "sequence" or "constant"; got {norm!r}.')
+
+
+def _per_token_weights(weights: torch.Tensor, logp: torch.Tensor, name: str = "advantages") -> torch.Tensor:
+    """[B] (one per sequence, broadcast over tokens) -> [B, 1]; [B, T] is kept as it is."""
+    if weights.dim() == 1 and weights.shape[0] == logp.shape[0]:
+        return weights.unsqueeze(1)
+    if weights.shape != logp.shape:
+        raise AlgorithmInputError(f"{name} must be [B] or [B, T] = {tuple(logp.shape)}; got {tuple(weights.shape)}.")
+    return weights
+
+
+def _clipped_surrogate(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_low: float,
+    clip_high: float | None,
+    clipped: bool,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Per-token PPO surrogate loss [B, T] and its clip statistics (see `policy_gradient_loss`)."""
+    _check_same_shape(logp=logp, old_logp=old_logp, mask=mask)
+    advantages = _per_token_weights(advantages, logp)
+    if clip_high is None:
+        clip_high = clip_low
+    log_ratio = logp - old_logp
+    ratio = torch.exp(log_ratio)
+    if clipped:
+        clipped_ratio = torch.clamp(ratio, 1 - clip_low, 1 + clip_high)
+        per_token = -torch.min(ratio * advantages, clipped_ratio * advantages)
+    else:
+        per_token = -ratio * advantages
+
+    with torch.no_grad():
+        low = ((ratio < 1 - clip_low) & (advantages < 0)).float()
+        high = ((ratio > 1 + clip_high) & (advantages > 0)).float()
+        m = _float_mask(mask, logp).bool()
+        count = m.sum().clamp(min=1)
+        stats = {
+            "clip_frac_low": float(low[m].sum() / count),
+            "clip_frac_high": float(high[m].sum() / count),
+            "clip_frac": float(torch.maximum(low, high)[m].sum() / count),
+            "approx_kl": float(((ratio - 1) - log_ratio)[m].sum() / count),
+        }
+    return per_token, stats
 
 
 def policy_gradient_loss(
@@ -444,7 +535,7 @@ def policy_gradient_loss(
     The unclipped form has gradient -A_t rho_t grad logp_t; on-policy (old_logp = logp.detach(),
     rho = 1) that is exactly the REINFORCE gradient of -A_t logp_t. clip_high=None means
     clip_high = clip_low (symmetric; DAPO's "clip-higher" uses e.g. 0.28). L_t is then reduced
-    with `aggregate_loss(L, mask, norm, max_len)`.
+    with `aggregate_loss(L, mask, norm, max_len)`. `pg_loss_by_kind` selects this or REINFORCE by name.
 
     logp, old_logp, mask: [B, T]; advantages: [B] (one per sequence, broadcast) or [B, T].
     Returns (loss, stats) where stats (floats, over masked tokens) has
@@ -452,36 +543,56 @@ def policy_gradient_loss(
       clip_frac = either (TRL's clip_ratio/low_mean, high_mean, region_mean), and
       approx_kl = mean((rho - 1) - log rho), the k3 estimate of KL(pi_old || pi).
     """
-    _check_same_shape(logp=logp, old_logp=old_logp, mask=mask)
-    if advantages.dim() == 1 and advantages.shape[0] == logp.shape[0]:
-        advantages = advantages.unsqueeze(1)
-    elif advantages.shape != logp.shape:
-        raise AlgorithmInputError(
-            f"advantages must be [B] or [B, T] = {tuple(logp.shape)}; got {tuple(advantages.shape)}."
-        )
-    if clip_high is None:
-        clip_high = clip_low
-    log_ratio = logp - old_logp
-    ratio = torch.exp(log_ratio)
-    if clipped:
-        clipped_ratio = torch.clamp(ratio, 1 - clip_low, 1 + clip_high)
-        per_token = -torch.min(ratio * advantages, clipped_ratio * advantages)
-    else:
-        per_token = -ratio * advantages
-    loss = aggregate_loss(per_token, mask, norm, max_len)
+    per_token, stats = _clipped_surrogate(logp, old_logp, advantages, mask, clip_low, clip_high, clipped)
+    return aggregate_loss(per_token, mask, norm, max_len), stats
 
-    with torch.no_grad():
-        low = ((ratio < 1 - clip_low) & (advantages < 0)).float()
-        high = ((ratio > 1 + clip_high) & (advantages > 0)).float()
-        m = _float_mask(mask, logp).bool()
-        count = m.sum().clamp(min=1)
-        stats = {
-            "clip_frac_low": float(low[m].sum() / count),
-            "clip_frac_high": float(high[m].sum() / count),
-            "clip_frac": float(torch.maximum(low, high)[m].sum() / count),
-            "approx_kl": float(((ratio - 1) - log_ratio)[m].sum() / count),
-        }
-    return loss, stats
+
+def pg_loss_by_kind(
+    logp: torch.Tensor,
+    weights: torch.Tensor,
+    mask: torch.Tensor,
+    kind: PGKind = "clipped",
+    *,
+    old_logp: torch.Tensor | None = None,
+    clip_low: float = 0.2,
+    clip_high: float | None = None,
+    norm: Norm = "token",
+    max_len: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    """The course's path from policy gradient to PPO, one per-token loss per step, chosen by name:
+
+        "reinforce":          L_t = -r log pi(y_t)     weights = raw rewards r (no baseline)
+        "reinforce_baseline": L_t = -A log pi(y_t)     weights = advantages A, e.g. r - group mean
+        "clipped":            L_t = -min(rho_t A, clip(rho_t, 1 - clip_low, 1 + clip_high) A),
+                              rho_t = exp(logp_t - old_logp_t)  (PPO / GRPO, as `policy_gradient_loss`)
+
+    The two REINFORCE losses are one formula; the name says what `weights` holds. They have no
+    ratio, so the samples must come from the current policy. Their gradient -w grad log pi(y_t) is
+    the score-function estimator: a baseline leaves its expectation unchanged and lowers its
+    variance, and with the group mean as baseline a group whose rewards are all equal gives no
+    gradient at all (raw rewards still push up every sampled response). "clipped" with
+    old_logp=None is on-policy (old_logp = logp.detach(), rho = 1, nothing clipped): its value is
+    -A instead of -A log pi, but its gradient equals "reinforce_baseline"'s.
+
+    logp, mask: [B, T]; weights: [B] (one per sequence, broadcast over tokens) or [B, T].
+    Returns (loss, per_token, stats): loss = aggregate_loss(per_token, mask, norm, max_len);
+    per_token [B, T] is 0 outside the mask; stats has "weight_mean" (the token mean of the weights)
+    and, for "clipped", the clip fractions and approx_kl of `policy_gradient_loss`.
+    """
+    if kind not in PG_KINDS:
+        raise AlgorithmInputError(f"kind must be one of {PG_KINDS}; got {kind!r}.")
+    _check_same_shape(logp=logp, mask=mask)
+    w = _per_token_weights(weights, logp, "weights")
+    if kind == "clipped":
+        old = logp.detach() if old_logp is None else old_logp
+        per_token, stats = _clipped_surrogate(logp, old, weights, mask, clip_low, clip_high, clipped=True)
+    else:
+        if old_logp is not None:
+            raise AlgorithmInputError(f'old_logp is only used by kind="clipped"; {kind!r} has no ratio.')
+        per_token, stats = -w * logp, {}
+    per_token = torch.where(_float_mask(mask, logp).bool(), per_token, torch.zeros_like(per_token))
+    stats["weight_mean"] = float(masked_sum(w.detach().expand_as(logp), mask) / max(1, int(mask.sum())))
+    return aggregate_loss(per_token, mask, norm, max_len), per_token, stats
 
 
 # ---------------------------------------------------------------------------------------------
@@ -585,3 +696,90 @@ def bradley_terry_loss(
     if center_rewards_coefficient is not None:
         loss = loss + center_rewards_coefficient * torch.mean((chosen_scores + rejected_scores) ** 2)
     return loss
+
+
+# ---------------------------------------------------------------------------------------------
+# Microbatch train steps (gradient accumulation)
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_accum_steps(grad_accum_steps: int) -> None:
+    if not isinstance(grad_accum_steps, int) or grad_accum_steps < 1:
+        raise AlgorithmInputError(f"grad_accum_steps must be a whole number >= 1; got {grad_accum_steps!r}.")
+
+
+def sft_microbatch_step(
+    model: Any, batch: dict[str, torch.Tensor], grad_accum_steps: int = 1, num_items_in_batch: int | None = None
+) -> tuple[float, dict[str, float]]:
+    """One SFT microbatch: log-probs -> token-mean NLL on the response -> / grad_accum_steps -> backward.
+
+        loss = -sum_bt m_bt log pi(y_bt | y_<bt) / N        N = sum_bt m_bt, this microbatch's response tokens
+        (loss / grad_accum_steps).backward()                 grads add up in p.grad; no optimizer step, no zero_grad
+
+    batch: "input_ids", "attention_mask", "response_mask", [B, T] each (`pad_right` of
+    `tokenize_prompt_response`). k calls with grad_accum_steps=k give the .grad of one call on all
+    k microbatches together only if every microbatch has the same N: a mean of k token means is
+    not the token mean of the union. transformers' Trainer (with TRL 1.16's SFTTrainer) avoids that:
+    it counts the loss tokens of the whole accumulation window, `num_items_in_batch`, divides each
+    microbatch's summed NLL by it and does not divide by the accumulation steps. Pass
+    num_items_in_batch to get that (exact for any N): loss = -sum_bt m_bt log pi / num_items_in_batch.
+    grad_accum_steps is then not applied: the window's token count already is the divisor.
+    Returns (loss before the division by grad_accum_steps, {"num_tokens": N}).
+    """
+    _check_accum_steps(grad_accum_steps)
+    mask = batch["response_mask"]
+    logp = response_logprobs(model, batch["input_ids"], batch["attention_mask"], mask)
+    if num_items_in_batch is None:
+        loss = -masked_mean(logp, mask)                      # token mean over this microbatch
+        (loss / grad_accum_steps).backward()
+    else:
+        loss = -masked_sum_over_constant(logp, mask, num_items_in_batch)   # already a share of the window
+        loss.backward()
+    return float(loss.detach()), {"num_tokens": float(mask.sum())}
+
+
+def grpo_microbatch_step(
+    model: Any,
+    batch: dict[str, torch.Tensor],
+    advantages: torch.Tensor,
+    grad_accum_steps: int = 1,
+    *,
+    old_logp: torch.Tensor | None = None,
+    ref_logp: torch.Tensor | None = None,
+    beta: float = 0.0,
+    clip_low: float = 0.2,
+    clip_high: float | None = None,
+    norm: Norm = "sequence",
+    max_len: int | None = None,
+) -> tuple[float, dict[str, float]]:
+    """One GRPO microbatch: log-probs -> clipped loss (+ beta KL) -> / grad_accum_steps -> backward.
+
+        rho_t = exp(logp_t - old_logp_t)                      old_logp=None: on-policy, old = logp.detach()
+        L_t   = -min(rho_t A, clip(rho_t, 1 - clip_low, 1 + clip_high) A) + beta rho_t k3_t
+        loss  = aggregate_loss(L, response_mask, norm, max_len);  (loss / grad_accum_steps).backward()
+
+    k3_t = kl_k3(logp, ref_logp) is weighed by rho_t like TRL 1.16's default
+    use_bias_correction_kl=True (same value on-policy, different gradient). norm "sequence",
+    "token", "constant" = TRL loss_type "grpo", "bnpo", "dr_grpo", which divide by the accumulation
+    steps the same way. k calls with grad_accum_steps=k then give the .grad of one call on the
+    union if the microbatches hold equal numbers of sequences ("sequence", "constant"), and for
+    "token" only if they also hold equal numbers of response tokens (TRL's "dapo" divides by the
+    token count of the whole window instead).
+    batch: "input_ids", "attention_mask", "response_mask" [B, T]; advantages: [B] or [B, T];
+    old_logp, ref_logp: [B, T] aligned with the inputs like `response_logprobs` (0 off the response).
+    Returns (loss before the division by grad_accum_steps, stats of `pg_loss_by_kind`, plus "kl" if beta).
+    """
+    _check_accum_steps(grad_accum_steps)
+    mask = batch["response_mask"]
+    logp = response_logprobs(model, batch["input_ids"], batch["attention_mask"], mask)
+    old = logp.detach() if old_logp is None else old_logp
+    loss, _, stats = pg_loss_by_kind(logp, advantages, mask, "clipped", old_logp=old, clip_low=clip_low,
+                                     clip_high=clip_high, norm=norm, max_len=max_len)
+    if beta != 0.0:
+        if ref_logp is None:
+            raise AlgorithmInputError("beta != 0 needs ref_logp, the reference model's log-probs.")
+        k3 = kl_k3(logp, ref_logp)
+        loss = loss + beta * aggregate_loss(torch.exp(logp - old) * k3, mask, norm, max_len)
+        stats["kl"] = float(masked_mean(k3.detach(), mask))
+    (loss / grad_accum_steps).backward()
+    return float(loss.detach()), stats

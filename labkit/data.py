@@ -4,7 +4,11 @@ The kit ships its own problems in data/*.jsonl (made by data/generate.py, see da
 Every row is checked against a small schema when it is loaded; the first bad row raises a
 DataError that says where it is, as "<path>:<line>: <what is wrong>". Known fields must be
 present with the right type and value; extra fields are allowed and kept (add your own, such
-as "source"). Bad rows are never skipped silently.
+as "source"). The kit's own data is strict: any bad row is an error.
+
+Third-party data (GSM8K, a hub preference set, a local copy of either) is read leniently: a bad
+row is skipped, counted by reason and reported in a DataWarning that shows a few of them as
+file:line, and the load is refused only when more than MAX_BAD_FRACTION of the rows are bad.
 
 Responses follow the course convention `<think>REASONING</think>ANSWER`. The formatting helpers
 turn rows into TRL's conversational formats: "messages" (SFT), "prompt" (GRPO, evaluation)
@@ -16,7 +20,9 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable, Iterable
+import warnings
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,10 +41,23 @@ THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 _INTEGER = re.compile(r"0|-?[1-9][0-9]*")
 # Columns that to_dataset carries along (GRPO reward functions receive them as kwargs).
 KEPT_COLUMNS = ("id", "lang", "level", "answer")
+# Third-party data: the share of bad rows that is skipped (with a warning) rather than refused.
+MAX_BAD_FRACTION = 0.05
 
 
 class DataError(ValueError):
-    """A data file, row or argument is invalid; the message says where and what to change."""
+    """A data file, row or argument is invalid; the message says where and what to change.
+
+    `reason` is a short category ("invalid JSON", "bad field 'answer'", ...) used to count skipped rows.
+    """
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason or message
+
+
+class DataWarning(UserWarning):
+    """Rows of third-party data were skipped; the message counts them by reason and shows a few."""
 
 
 # ---------------------------------------------------------------- schemas
@@ -91,17 +110,74 @@ def _short(value: Any, limit: int = 60) -> str:
 def validate_row(row: Any, schema: dict[str, Field], where: str) -> None:
     """Raise DataError("<where>: ...") unless `row` is a dict that satisfies `schema`."""
     if not isinstance(row, dict):
-        raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}", "not an object")
     for name, field in schema.items():
         if name not in row:
             if field.required:
-                raise DataError(f"{where}: missing field {name!r} (must be {field.description})")
+                raise DataError(f"{where}: missing field {name!r} (must be {field.description})",
+                                f"missing field {name!r}")
             continue
         if not field.check(row[name]):
             raise DataError(f"{where}: field {name!r} must be {field.description}, "
-                            f"got {_short(row[name])}")
+                            f"got {_short(row[name])}", f"bad field {name!r}")
     if "chosen" in schema and row["chosen"] == row["rejected"]:
-        raise DataError(f"{where}: 'chosen' and 'rejected' are the same response")
+        raise DataError(f"{where}: 'chosen' and 'rejected' are the same response", "chosen == rejected")
+
+
+def check_unicode(value: Any, where: str) -> None:
+    """Raise DataError if any string inside `value` (nested lists/dicts too) is not valid Unicode.
+
+    JSON may spell a lone surrogate ("\\ud800"); Python accepts it, but it cannot be written as
+    UTF-8, so Arrow (datasets) would fail on it much later, far from the file.
+    """
+    stack = [value]
+    while stack:  # iterative: a deeply nested row must not overflow Python's stack here
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as error:
+                raise DataError(f"{where}: text holds a lone surrogate {item[error.start]!r} at "
+                                f"character {error.start} (not valid Unicode)", "lone surrogate") from None
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def jsonl_lines(path: Path, skip_blank: bool = False) -> Iterator[tuple[str, Any]]:
+    """(where, row) for each line of a JSONL file, where = "<path>:<line>" (lines count from 1).
+
+    A line that is not a valid row comes back as a DataError in place of the row, naming its line:
+    bad UTF-8, invalid JSON, nesting too deep for the parser, a number too long to read, a lone
+    surrogate. Blank lines: skipped with `skip_blank`, else a DataError unless they end the file.
+    """
+    lines = path.read_bytes().split(b"\n")
+    while lines and not lines[-1].strip():
+        lines.pop()  # trailing blank lines
+    for number, raw in enumerate(lines, start=1):
+        where = f"{path}:{number}"
+        if not raw.strip():
+            if not skip_blank:
+                yield where, DataError(f"{where}: blank line (only blank lines at the end are allowed)",
+                                       "blank line")
+            continue
+        try:
+            row = json.loads(raw.decode("utf-8"))
+            check_unicode(row, where)
+        except UnicodeDecodeError as error:
+            row = DataError(f"{where}: not valid UTF-8 ({error.reason} at byte {error.start})",
+                            "not valid UTF-8")
+        except json.JSONDecodeError as error:
+            row = DataError(f"{where}: invalid JSON ({error.msg} at column {error.colno})", "invalid JSON")
+        except RecursionError:
+            row = DataError(f"{where}: JSON nested too deeply to read", "nested too deeply")
+        except DataError as error:  # check_unicode (before ValueError: DataError is one)
+            row = error
+        except ValueError as error:  # e.g. an integer of more than 4300 digits
+            row = DataError(f"{where}: JSON value cannot be read ({error})", "unreadable value")
+        yield where, row
 
 
 # ---------------------------------------------------------------- loading
@@ -111,40 +187,27 @@ def load_jsonl(path: str | Path, schema: dict[str, Field]) -> list[dict]:
     """Every row of a UTF-8 JSONL file, each checked against `schema`.
 
     Raises DataError "<path>:<line>: ..." (lines count from 1) at the first invalid line:
-    bad UTF-8, invalid JSON, a row that is not an object or breaks the schema, a duplicate
-    id, or a blank line before the end of the file (blank lines at the end are fine).
+    bad UTF-8, invalid or too deeply nested JSON, a lone surrogate, a row that is not an object or
+    breaks the schema, a duplicate id, or a blank line before the end of the file (blank lines at
+    the end are fine).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    lines = path.read_bytes().split(b"\n")
-    while lines and not lines[-1].strip():
-        lines.pop()  # trailing blank lines
-    if not lines:
-        raise DataError(f"{path}: the file has no rows")
-
     rows: list[dict] = []
     first_line_of_id: dict[str, int] = {}
-    for number, raw in enumerate(lines, start=1):
-        where = f"{path}:{number}"
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as error:
-            raise DataError(f"{where}: not valid UTF-8 ({error.reason} at byte "
-                            f"{error.start})") from None
-        if not text.strip():
-            raise DataError(f"{where}: blank line (only blank lines at the end are allowed)")
-        try:
-            row = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise DataError(f"{where}: invalid JSON ({error.msg} at column "
-                            f"{error.colno})") from None
+    for where, row in jsonl_lines(path):
+        if isinstance(row, DataError):
+            raise row
         validate_row(row, schema, where)
+        number = int(where.rsplit(":", 1)[1])
         if row["id"] in first_line_of_id:
             raise DataError(f"{where}: duplicate id {row['id']!r} "
                             f"(first used on line {first_line_of_id[row['id']]})")
         first_line_of_id[row["id"]] = number
         rows.append(row)
+    if not rows:
+        raise DataError(f"{path}: the file has no rows")
     return rows
 
 
@@ -158,7 +221,8 @@ def _select(rows: list[dict], levels: Iterable[int] | None, limit: int | None) -
         rows = [row for row in rows if row["level"] in levels]
     if limit is not None:
         if type(limit) is not int or limit < 0:
-            raise DataError(f"limit must be None or an integer >= 0, got {limit!r}")
+            raise DataError(f"limit must be None or an integer >= 0, got {limit!r} "
+                            "(e.g. limit=100, or None for all rows)")
         rows = rows[:limit]
     return rows
 
@@ -193,22 +257,25 @@ def gsm8k_level(reasoning: str) -> int:
 
 
 def parse_gsm8k_row(raw: Any, index: int, split: str, where: str) -> dict:
-    """One GSM8K row {"question", "answer": "...\\n#### 72"} as a row in the SFT schema."""
-    where = f"{where} row {index}"
+    """One GSM8K row {"question", "answer": "...\\n#### 72"} as a row in the SFT schema.
+
+    index numbers the row among all rows of the split (its id is gsm8k-<split>-<index>);
+    where locates it for error messages ("test.jsonl:4", "test-0.parquet [row 3]").
+    """
     if not isinstance(raw, dict):
-        raise DataError(f"{where}: expected an object, got {type(raw).__name__}")
+        raise DataError(f"{where}: expected an object, got {type(raw).__name__}", "not an object")
     for name in ("question", "answer"):
         if not isinstance(raw.get(name), str):
             raise DataError(f"{where}: field {name!r} must be a string, "
-                            f"got {_short(raw.get(name))}")
+                            f"got {_short(raw.get(name))}", f"bad field {name!r}")
     if raw["answer"].count("####") != 1:
         raise DataError(f"{where}: field 'answer' must contain '####' exactly once, "
-                        f"got {_short(raw['answer'])}")
+                        f"got {_short(raw['answer'])}", "no single '####'")
     solution, final = raw["answer"].split("####")
     answer = final.strip().replace(",", "")
     if not _integer_string(answer):
         raise DataError(f"{where}: the number after '####' must be an integer, "
-                        f"got {final.strip()!r}")
+                        f"got {final.strip()!r}", "final answer not an integer")
     reasoning = _CALCULATOR.sub("", solution).strip()
     row = {"id": f"gsm8k-{split}-{index:05d}", "lang": "en", "level": gsm8k_level(reasoning),
            "question": raw["question"].strip(), "reasoning": reasoning, "answer": answer}
@@ -216,8 +283,10 @@ def parse_gsm8k_row(raw: Any, index: int, split: str, where: str) -> dict:
     return row
 
 
-def _read_local(path: Path, split: str) -> list[Any]:
-    """Raw rows from a .parquet or .jsonl file, or from the files for `split` in a folder.
+def _read_local(path: Path, split: str) -> list[tuple[str, Any]]:
+    """(where, raw row) for every row of a .parquet or .jsonl file, or of the files for `split` in
+    a folder; where = "<file>:<line>" (JSONL) or "<file> [row i]" (parquet, i from 0 as in pandas).
+    A JSONL line that cannot be read comes back as a DataError instead of the row (see jsonl_lines).
 
     A folder may be a hub snapshot of openai/gsm8k (main/test-00000-of-00001.parquet) or the
     original GitHub release (test.jsonl): files named `<split>.parquet`, `<split>-*.parquet`,
@@ -234,25 +303,54 @@ def _read_local(path: Path, split: str) -> list[Any]:
                             f"{split}-*.parquet, {split}.jsonl or {split}-*.jsonl)")
     else:
         files = [path]
-    raw: list[Any] = []
+    raw: list[tuple[str, Any]] = []
     for file in files:
         if file.suffix == ".parquet":
             import pyarrow.parquet
 
-            raw += pyarrow.parquet.read_table(file).to_pylist()
+            try:
+                table = pyarrow.parquet.read_table(file)
+            except Exception as error:  # pyarrow raises several types for a broken file
+                raise DataError(f"{file}: not a readable parquet file ({error})") from None
+            raw += [(f"{file} [row {i}]", row) for i, row in enumerate(table.to_pylist())]
         elif file.suffix == ".jsonl":
-            lines = file.read_text(encoding="utf-8").splitlines()
-            for number, line in enumerate(lines, start=1):
-                if not line.strip():
-                    continue  # a blank line is not a row
-                try:
-                    raw.append(json.loads(line))
-                except json.JSONDecodeError as error:
-                    raise DataError(f"{file}:{number}: invalid JSON ({error.msg} at column "
-                                    f"{error.colno})") from None
+            raw += list(jsonl_lines(file, skip_blank=True))
         else:
             raise DataError(f"{file}: expected a .parquet or .jsonl file (or a folder)")
     return raw
+
+
+def parse_lenient(raw: list[tuple[str, Any]], parse: Callable[[Any, int, str], dict],
+                  source: str) -> list[dict]:
+    """parse(row, index, where) for every (where, row) of third-party data, skipping bad rows.
+
+    A row that raises DataError (or was already a DataError: an unreadable line) is skipped. The
+    skipped rows are counted by reason in one DataWarning that shows the first few as file:line;
+    if more than MAX_BAD_FRACTION of the rows are bad, DataError instead (the data is not what
+    the loader expects: wrong file, wrong columns).
+    """
+    if not raw:
+        raise DataError(f"{source}: no rows")
+    rows, bad = [], []
+    for index, (where, item) in enumerate(raw):
+        try:
+            if isinstance(item, DataError):
+                raise item
+            rows.append(parse(item, index, where))
+        except DataError as error:
+            bad.append(error)
+    if not bad:
+        return rows
+    counts = Counter(error.reason for error in bad)
+    summary = (f"{source}: {len(bad)} of {len(raw)} rows are bad ("
+               + ", ".join(f"{n} {reason}" for reason, n in counts.most_common()) + "); first: "
+               + "; ".join(str(error) for error in bad[:3]))
+    if len(bad) > MAX_BAD_FRACTION * len(raw):
+        raise DataError(f"{summary}. More than {MAX_BAD_FRACTION:.0%} bad: is this the right dataset "
+                        "and file? (labkit.data.MAX_BAD_FRACTION sets the share that is skipped)")
+    warnings.warn(f"{summary}. Skipped them (at most {MAX_BAD_FRACTION:.0%} are skipped).", DataWarning,
+                  stacklevel=3)
+    return rows
 
 
 def _looks_like_path(text: str) -> bool:
@@ -267,8 +365,9 @@ def load_gsm8k(split: str = "test", path: str | Path = "openai/gsm8k",
     """GSM8K's "main" config as rows in the SFT schema (lang "en", ids "gsm8k-<split>-00042").
 
     reasoning: the solution before "####", without the <<48/2=24>> calculator annotations.
-    answer: the number after "####" without thousands commas; a row where it is not an
-    integer raises DataError naming the dataset and the row index (0-based).
+    answer: the number after "####" without thousands commas. Bad rows (a final answer that is
+    not an integer, a line that is not JSON, ...) are skipped with a DataWarning naming their
+    file:line, up to MAX_BAD_FRACTION of the rows; more than that raises DataError (parse_lenient).
     level: from the number of solution lines, see gsm8k_level.
     path: a local file or folder (see _read_local), or a hub id found by labkit.hub.resolve_dataset
     (DATA_DIR, the hub or its mirror, ModelScope) and read from its main/ folder. data_dir: the
@@ -288,10 +387,8 @@ def load_gsm8k(split: str = "test", path: str | Path = "openai/gsm8k",
         from labkit.hub import resolve_dataset  # DATA_DIR, the hub, a mirror or ModelScope
 
         raw = _read_local(Path(resolve_dataset(text, data_dir=data_dir)), split)
-    where = f"{text} [{split}]"
-    if not raw:
-        raise DataError(f"{where}: no rows")
-    rows = [parse_gsm8k_row(item, index, split, where) for index, item in enumerate(raw)]
+    rows = parse_lenient(raw, lambda item, index, where: parse_gsm8k_row(item, index, split, where),
+                         f"{text} [{split}]")
     return _select(rows, levels, limit)
 
 
@@ -363,7 +460,7 @@ def to_dataset(rows: list[dict], fn: Callable[[dict], dict]) -> Dataset:
     from datasets import Dataset
 
     if not rows:
-        raise DataError("to_dataset got no rows")
+        raise DataError("to_dataset got no rows: the split, levels or limit you loaded left none")
     kept = ["id"] + [name for name in KEPT_COLUMNS[1:] if all(name in row for row in rows)]
     records = []
     for row in rows:

@@ -183,6 +183,10 @@ class TrainPlan:
     max_completion_len: int | None = None
     generation_batch_size: int | None = None  # completions per generate call; None: TRL default
     num_labels: int | None = None  # None: causal LM (vocab logits); n: classifier with n outputs
+    # For suggested fixes only: batch sizes stay multiples of this (2 when a batch holds pairs), and
+    # gradient checkpointing is offered only when the trainer supports it.
+    batch_multiple: int = 1
+    checkpointing_available: bool = True
 
     def __post_init__(self) -> None:
         for name in ("weight_dtype", "trainable_dtype", "compute_dtype"):
@@ -443,12 +447,12 @@ def _fix_moves(plan: TrainPlan) -> list[list[tuple[dict, str]]]:
     """Cheap fixes in the order we prefer them. Each is a list of options, mildest first; an
     option is (TrainPlan field changes, what to tell the user)."""
     moves = []
-    if not plan.gradient_checkpointing:
+    if not plan.gradient_checkpointing and plan.checkpointing_available:
         moves.append([({"gradient_checkpointing": True}, "set gradient_checkpointing=True")])
 
     batch = []  # smaller divisors of the batch size, so the effective batch stays the same
     for b in range(plan.batch_size - 1, 0, -1):
-        if plan.batch_size % b == 0:
+        if plan.batch_size % b == 0 and b % plan.batch_multiple == 0:
             steps = plan.gradient_accumulation_steps * plan.batch_size // b
             batch.append(({"batch_size": b, "gradient_accumulation_steps": steps},
                           f"set per_device_train_batch_size={b} and "

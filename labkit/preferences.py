@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from labkit.data import DataError, load_split, preference_example, to_dataset
+from labkit.data import DataError, load_split, parse_lenient, preference_example, to_dataset
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -35,15 +35,21 @@ def load_preferences(source: str, split: str, limit: int | None = None,
     Kit rows keep every field of data/prefs.jsonl (answer, level, rejected_kind, ...). A hub id
     is found by labkit.hub.resolve_dataset (DATA_DIR, the hub or its mirror, ModelScope; data_dir
     defaults to $LABKIT_HUB_DATA_DIR); a local .parquet, .jsonl or folder is read directly.
-    limit keeps the first `limit` pairs of the split.
+    limit keeps the first `limit` pairs of the split. Bad hub rows are skipped with a warning
+    (labkit.data.parse_lenient); the kit's own pairs are strict.
     """
     if split not in SPLITS:
         raise DataError(f"unknown preference split {split!r}; valid splits: {', '.join(SPLITS)}")
+    if limit is not None and (type(limit) is not int or limit < 1):
+        raise DataError(f"limit must be None or an integer >= 1, got {limit!r} (e.g. limit=100)")
     if source == "kit":
         rows = load_split("prefs")
         cut = len(rows) - HELDOUT_PAIRS
     else:
         rows = _load_hub_pairs(source, data_dir)
+        if len(rows) < 2:
+            raise DataError(f"{source}: {len(rows)} usable pair(s); a preference set needs at least 2 "
+                            "(the last 10 % of the pairs, at least one, are held out)")
         cut = len(rows) - max(1, int(len(rows) * HUB_HELDOUT_FRACTION))
     rows = rows[:cut] if split == "train" else rows[cut:]
     return rows[:limit] if limit is not None else rows
@@ -71,31 +77,33 @@ def _load_hub_pairs(source: str, data_dir: str | Path | None = None) -> list[dic
         raw = [row for file in files for row in _read_local(file, "train")]
     else:
         raw = _read_local(path, "train")
-    if not raw:
-        raise DataError(f"{source}: no rows")
-    return [parse_pair(item, index, source) for index, item in enumerate(raw)]
+    return parse_lenient(raw, parse_pair, source)
 
 
 def parse_pair(raw: Any, index: int, where: str) -> dict:
-    """One hub row as {"id", "question", "chosen", "rejected"}; a bad row names its index."""
-    at = f"{where} [row {index}]"
+    """One hub row as {"id": "pair-<index>", "question", "chosen", "rejected"}.
+
+    index numbers the row among all rows read; where locates it for error messages
+    ("train.jsonl:4", "train-0.parquet [row 3]").
+    """
+    at = where
     if not isinstance(raw, dict):
-        raise DataError(f"{at}: expected a JSON object, got {type(raw).__name__}")
+        raise DataError(f"{at}: expected a JSON object, got {type(raw).__name__}", "not an object")
     for prompt_key, chosen_key, rejected_key in HUB_COLUMNS:
         if {prompt_key, chosen_key, rejected_key} <= raw.keys():
             break
     else:
         known = "; ".join(", ".join(cols) for cols in HUB_COLUMNS)
         raise DataError(f"{at}: no known preference columns (have {sorted(raw)}; expected one of: "
-                        f"{known})")
+                        f"{known})", "no known preference columns")
     pair = {"id": f"pair-{index:05d}", "question": _text(raw[prompt_key], "user", at),
             "chosen": _text(raw[chosen_key], "assistant", at),
             "rejected": _text(raw[rejected_key], "assistant", at)}
     for key in ("question", "chosen", "rejected"):
         if not pair[key].strip():
-            raise DataError(f"{at}: {key} is empty")
+            raise DataError(f"{at}: {key} is empty", f"empty {key}")
     if pair["chosen"] == pair["rejected"]:
-        raise DataError(f"{at}: chosen and rejected are the same text")
+        raise DataError(f"{at}: chosen and rejected are the same text", "chosen == rejected")
     return pair
 
 
@@ -108,4 +116,4 @@ def _text(value: Any, role: str, at: str) -> str:
         if contents and isinstance(contents[-1], str):
             return contents[-1]
     raise DataError(f"{at}: expected a string or a list of messages with a {role!r} message, "
-                    f"got {str(value)[:60]!r}")
+                    f"got {str(value)[:60]!r}", "not text or messages")

@@ -5,7 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from labkit.hardware import GiB, Hardware
-from labkit.memory import MODEL_SPECS, MemoryEstimate, ModelSpec, TrainPlan, check_fits, estimate_memory
+from labkit.memory import (
+    MODEL_SPECS,
+    MemoryBudgetError,
+    MemoryEstimate,
+    ModelSpec,
+    TrainPlan,
+    check_fits,
+    estimate_memory,
+    suggest_fix,
+)
 from labkit.profiles import Profile
 
 TINY_VOCAB = 1024  # upper bound of the tiny tokenizer's vocabulary, for the estimate only
@@ -60,6 +69,7 @@ def train_plan(profile: Profile, lab: str = "sft") -> TrainPlan:
         ppo = lab == "ppo"
         return TrainPlan(**common, batch_size=profile.batch_size, ref_model=not profile.lora_rank,
                          gradient_checkpointing=profile.gradient_checkpointing and not ppo,
+                         checkpointing_available=not ppo,
                          reward_model=model_spec(profile) if ppo else None,
                          num_generations=1 if ppo else profile.num_generations,
                          max_prompt_len=profile.max_length - profile.max_new_tokens,
@@ -69,16 +79,50 @@ def train_plan(profile: Profile, lab: str = "sft") -> TrainPlan:
     return TrainPlan(**common, batch_size=profile.batch_size * pairs, seq_len=profile.max_length,
                      gradient_checkpointing=profile.gradient_checkpointing,
                      ref_model=lab == "dpo" and not profile.lora_rank,
-                     num_labels=CLASSIFIER_LABS.get(lab))
+                     num_labels=CLASSIFIER_LABS.get(lab), batch_multiple=pairs)
+
+
+def profile_changes(profile: Profile, lab: str, plan: TrainPlan, fixed: TrainPlan) -> dict[str, object]:
+    """The profile fields that turn `plan` (train_plan(profile, lab)) into `fixed` (a suggest_fix result):
+    the names a student sets in a parameters cell, not TRL's (batch_size, not per_device_train_batch_size)."""
+    changes: dict[str, object] = {}
+    if fixed.gradient_checkpointing != plan.gradient_checkpointing:
+        changes["gradient_checkpointing"] = fixed.gradient_checkpointing
+    if fixed.batch_size != plan.batch_size:
+        changes["batch_size"] = fixed.batch_size // (2 if lab in PAIRWISE_LABS else 1)
+    if fixed.gradient_accumulation_steps != plan.gradient_accumulation_steps:
+        changes["grad_accum"] = fixed.gradient_accumulation_steps
+    if plan.generates and fixed.gen_batch_size != plan.gen_batch_size:
+        changes["rollout_batch_size"] = fixed.gen_batch_size // (1 if lab == "ppo" else profile.num_generations)
+    if plan.generates and fixed.max_completion_len != plan.max_completion_len:
+        changes["max_new_tokens"] = fixed.max_completion_len
+        changes["max_length"] = (fixed.max_prompt_len or 0) + (fixed.max_completion_len or 0)
+    if fixed.quant != plan.quant:
+        changes["quant"] = fixed.quant
+    if fixed.lora_rank != plan.lora_rank:
+        changes["lora_rank"] = fixed.lora_rank or 0
+    if fixed.model != plan.model:
+        changes["model_id"] = fixed.model.name
+    return changes
 
 
 def preflight(profile: Profile, hardware: Hardware, lab: str = "sft",
               plan: TrainPlan | None = None) -> MemoryEstimate:
     """Estimate peak memory; on a GPU, raise MemoryBudgetError (with the fix) if it won't fit.
 
+    The fix is given twice: in TRL's names (labkit.memory) and as the profile fields to set.
     On the CPU profile there is no VRAM to check: the estimate is returned for display.
     """
     plan = plan or train_plan(profile, lab)
     if hardware.device != "cuda":
         return estimate_memory(plan)
-    return check_fits(plan, int(hardware.vram_total_gb * GiB))
+    vram = int(hardware.vram_total_gb * GiB)
+    try:
+        return check_fits(plan, vram)
+    except MemoryBudgetError as error:
+        fix = suggest_fix(plan, vram)
+        if fix is None:
+            raise
+        settings = ", ".join(f"{k}={v!r}" for k, v in profile_changes(profile, lab, plan, fix[0]).items())
+        raise MemoryBudgetError(f"{error}\nIn the profile's fields (a notebook's parameters cell, or "
+                                f"get_profile(..., field=value)): set {settings}.") from None

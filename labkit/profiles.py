@@ -7,7 +7,9 @@ override any field by name. Nothing here imports torch or transformers.
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -207,7 +209,8 @@ def get_profile(name: str = "auto", lab: str | None = None, hardware: Hardware |
 
     Overrides whose value is None are ignored, so a parameters cell can say `MAX_STEPS = None`
     to mean "the profile's default". In a stand-in run (labkit.standin) GPU profiles get its
-    SMOKE sizes before the caller's overrides.
+    SMOKE sizes before the caller's overrides. The result is checked (check_profile) before
+    anything loads: a bad value raises ProfileError naming the field and a value that works.
     """
     from labkit.standin import SMOKE, world
 
@@ -241,7 +244,112 @@ def get_profile(name: str = "auto", lab: str | None = None, hardware: Hardware |
     unknown = sorted(set(changes) - valid)
     if unknown:
         raise ProfileError(f"unknown profile field(s) {unknown}; valid fields: {sorted(valid)}")
-    return replace(profile, **changes)
+    if isinstance(changes.get("lora_targets"), list):
+        changes["lora_targets"] = tuple(changes["lora_targets"])
+    defaults = replace(profile, **{k: v for k, v in LAB_OVERRIDES.get(lab or "", {}).get(name, {}).items()
+                                   if k in valid})
+    resolved = replace(profile, **changes)
+    check_profile(resolved, lab, defaults)
+    return resolved
+
+
+# ---------------------------------------------------------------- field checks
+# Every field a student may set is checked here, before any model loads: the error names the field,
+# what it must be, and a value that works (the profile's own value for this lab).
+
+
+def _int_at_least(low: int) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: type(v) is int and v >= low), f"an integer >= {low}"
+
+
+def _positive_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+
+
+FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "name": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
+    "description": (lambda v: isinstance(v, str), "a string"),
+    "device": (lambda v: v in ("cpu", "cuda"), "'cpu' or 'cuda'"),
+    "min_vram_gb": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0,
+                    "a number >= 0"),
+    "model_id": (lambda v: isinstance(v, str) and v.strip() != "",
+                 "'tiny', a hub id such as 'Qwen/Qwen3-0.6B', or a local folder"),
+    "dtype": (lambda v: v in ("fp32", "fp16", "bf16"), "'fp32', 'fp16' or 'bf16'"),
+    "quant": (lambda v: v is None or v == "4bit", "None or '4bit'"),
+    "dataset": (lambda v: v in ("kit", "gsm8k"), "'kit' or 'gsm8k'"),
+    "system_prompt": (lambda v: v is None or isinstance(v, str), "None or a string"),
+    "pref_dataset": (lambda v: isinstance(v, str) and v.strip() != "", "'kit', a hub id or a path"),
+    "lora_rank": _int_at_least(0),
+    "lora_alpha": (_positive_number, "a number > 0"),
+    "lora_dropout": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1,
+                     "a number in [0, 1)"),
+    "lora_targets": (lambda v: isinstance(v, tuple) and len(v) > 0 and all(isinstance(t, str) and t for t in v),
+                     "a non-empty tuple of module names such as ('q_proj', 'v_proj')"),
+    "batch_size": _int_at_least(1),
+    "grad_accum": _int_at_least(1),
+    "max_steps": _int_at_least(1),
+    "learning_rate": (_positive_number, "a number > 0"),
+    "max_length": _int_at_least(1),
+    "max_new_tokens": _int_at_least(1),
+    "num_generations": _int_at_least(1),
+    "rollout_batch_size": _int_at_least(1),
+    "eval_limit": _int_at_least(1),
+    "eval_batch_size": _int_at_least(1),
+    "gradient_checkpointing": (lambda v: isinstance(v, bool), "True or False"),
+    "beta": (_positive_number, "a number > 0"),
+    "data_dir": (lambda v: v is None or isinstance(v, str), "None or an existing folder"),
+}
+RL_LAB_NAMES = ("ppo", "grpo", "grpo_compare")  # labs whose sequences are a prompt plus a generated response
+
+
+def _largest_divisor(n: int, at_most: int) -> int:
+    return max(d for d in range(1, max(1, min(n, at_most)) + 1) if n % d == 0)
+
+
+def check_profile(profile: Profile, lab: str | None = None, defaults: Profile | None = None) -> None:
+    """Raise ProfileError unless every field of `profile` has a usable value for `lab`.
+
+    The message names the field a student sets, what it must be, and a value that works: the
+    value in `defaults` (the profile before the caller's overrides) where that one is valid.
+    """
+    for f in fields(Profile):
+        check, must = FIELD_RULES[f.name]
+        value = getattr(profile, f.name)
+        if not check(value):
+            hint = ""
+            if defaults is not None and check(getattr(defaults, f.name)):
+                hint = f"; e.g. {f.name}={getattr(defaults, f.name)!r} (this profile's value)"
+            raise ProfileError(f"profile field {f.name} must be {must}, got {value!r}{hint}")
+    if profile.quant == "4bit" and profile.lora_rank == 0:
+        raise ProfileError("quant='4bit' trains LoRA adapters on the frozen 4-bit weights: set lora_rank >= 1 "
+                           "(e.g. lora_rank=16), or quant=None for full fine-tuning")
+    if lab in RL_LAB_NAMES and profile.max_new_tokens >= profile.max_length:
+        room = (defaults.max_length - defaults.max_new_tokens) if defaults else 64
+        raise ProfileError(
+            f"max_length ({profile.max_length}) counts prompt + response tokens, so max_new_tokens "
+            f"({profile.max_new_tokens}) must be smaller: e.g. max_length={profile.max_new_tokens + max(room, 1)}, "
+            f"or a smaller max_new_tokens")
+    if lab in ("grpo", "grpo_compare"):
+        if profile.num_generations < 2:
+            works = defaults.num_generations if defaults and defaults.num_generations >= 2 else 4
+            raise ProfileError(f"GRPO compares the num_generations completions of a prompt, so "
+                               f"num_generations must be >= 2, got {profile.num_generations}; "
+                               f"e.g. num_generations={works}")
+        completions = profile.rollout_batch_size * profile.num_generations
+        if completions % profile.batch_size:
+            raise ProfileError(
+                f"each GRPO step trains rollout_batch_size x num_generations = {profile.rollout_batch_size} x "
+                f"{profile.num_generations} = {completions} completions in micro-batches of batch_size, which must "
+                f"divide it; got batch_size={profile.batch_size}: e.g. batch_size="
+                f"{_largest_divisor(completions, profile.batch_size)}")
+    if lab == "ppo":
+        minibatch = profile.batch_size * profile.grad_accum
+        if profile.rollout_batch_size % minibatch:
+            raise ProfileError(
+                f"PPO splits rollout_batch_size={profile.rollout_batch_size} responses into minibatches of "
+                f"batch_size x grad_accum = {minibatch}, which must divide it: e.g. rollout_batch_size="
+                f"{max(1, profile.rollout_batch_size // minibatch) * minibatch}, or a batch_size / grad_accum "
+                f"whose product divides {profile.rollout_batch_size}")
 
 
 def notebook_params(profile: str, lab: str, **given: Any) -> dict[str, Any]:

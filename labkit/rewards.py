@@ -6,24 +6,32 @@ Safety rules shared by every public reward function here:
 - it never raises on any completion (str, conversational list[dict], or garbage such as None);
 - it never evaluates model output as code: we never call eval/exec; math-verify parses LaTeX with an ANTLR
   grammar, and its plain-expression path hands SymPy only strings of digits, operators and parentheses;
-- its time per completion is bounded: string scans are linear (str.find / str.count / one regex over a
-  bounded tail), and the only expensive step, math-verify, gets MATH_VERIFY_SECONDS per completion;
+- its time is bounded: string scans are linear (str.find / str.count / one regex over a bounded tail), and
+  the only expensive step, math-verify, gets at most MATH_VERIFY_SECONDS per completion and
+  MATH_VERIFY_BATCH_SECONDS per call (the rest of a batch is compared by exact number only, with a warning);
 - it accepts and ignores unknown kwargs (TRL passes `prompts`, `completion_ids`, `trainer_state`, ...).
-The math-verify time limit uses SIGALRM (taken over for the duration of each check), so it only works in the
-main thread; in other threads answers_match compares exact numbers only and emits a RuntimeWarning.
+The math-verify time limit uses SIGALRM (taken over for the duration of each check), which only works in the
+main thread. Called from another thread, the check runs in a helper process (its own main thread) with the
+same limits, so a reward gives the same value on any thread.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
+import select
 import signal
+import subprocess
+import sys
 import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
 from math_verify import parse, verify
@@ -35,6 +43,8 @@ BOXED = "\\boxed{"
 ANSWER_TAIL_CHARS = 2_000  # extract_answer only looks at this many final characters of the answer part
 MAX_BRACE_DEPTH = 10  # a \boxed{...} nested deeper than this is ignored
 MATH_VERIFY_SECONDS = 1.0  # time budget for math-verify (parse + verify) per answers_match call
+MATH_VERIFY_BATCH_SECONDS = 5.0  # ... and per accuracy_reward call, over all its completions
+WORKER_START_SECONDS = 60.0  # how long a thread waits for the math-verify helper process to start
 
 # A number: "-12", "1,234" (thousands separators), "3.14", "3/4". The lookbehind stops a match from
 # starting in the middle of a number; no nested quantifiers, so matching is linear in the text length.
@@ -125,7 +135,8 @@ def extract_answer(text: str) -> str | None:
     Rule, applied to the last ANSWER_TAIL_CHARS characters of the answer part (see split_think), after
     mapping full-width digits/minus signs to ASCII:
     1. the content of the last `\\boxed{...}` if its braces balance within MAX_BRACE_DEPTH and it is non-empty;
-    2. else the last number (-12, 3.14, 3/4; thousands separators removed: "1,234" -> "1234");
+    2. else the last number (-12, 3.14, 3/4; thousands separators removed: "1,234" -> "1234"),
+       unless it is an exponent (`2^19`, `10^{19}`, `2**19`, `1e19`: see _is_exponent);
     3. else None.
     Only a bounded tail is scanned, so the time is bounded even for megabyte responses; an answer that starts
     more than ANSWER_TAIL_CHARS characters before the end is not found.
@@ -137,10 +148,24 @@ def extract_answer(text: str) -> str | None:
         content = _balanced_content(tail, box + len(BOXED))
         if content is not None and content.strip():
             return content.strip()
-    numbers = _NUMBER_RE.findall(tail)
-    if not numbers:
+    last = None
+    for last in _NUMBER_RE.finditer(tail):
+        pass
+    if last is None or _is_exponent(tail, last.start()):
         return None
-    return numbers[-1].replace(",", "")
+    return last.group().replace(",", "")
+
+
+def _is_exponent(text: str, start: int) -> bool:
+    """True if the number starting at text[start] is an exponent: `2^19`, `10^{19}`, `2**19`, `1e19`.
+
+    "The answer is 10^{19}" does not answer 19, so an exponent is never taken as the final answer
+    (otherwise a policy learns that `1e19` is graded correct for gold 19).
+    """
+    before = text[:start].rstrip(" {")
+    if before.endswith(("^", "**")):
+        return True
+    return before[-1:] in ("e", "E") and before[-2:-1].isdigit() and len(before) == start
 
 
 def as_fraction(text: str) -> Fraction | None:
@@ -181,24 +206,14 @@ def _time_limit(seconds: float) -> Iterator[None]:
                 signal.setitimer(signal.ITIMER_REAL, max(left, 1e-3), old_interval)
 
 
-def _math_verify_match(pred: str, gold: str) -> bool:
-    """math-verify equivalence of two LaTeX/plain answers, within MATH_VERIFY_SECONDS; any failure -> False.
+def _math_verify_here(pred: str, gold: str, seconds: float) -> bool:
+    """math-verify equivalence in this (main) thread, within `seconds`; any failure -> False.
 
-    math-verify's own timeouts use signal.alarm, which only works in the main thread and has 1 s granularity
-    per step. So we disable them (parsing_timeout=None, timeout_seconds=None) and bound the whole check with
-    one _time_limit instead.
-    Outside the main thread no signal-based bound is possible: we skip math-verify and warn.
+    math-verify's own timeouts use signal.alarm, which has 1 s granularity per step. So we disable them
+    (parsing_timeout=None, timeout_seconds=None) and bound the whole check with one _time_limit instead.
     """
-    if not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
-        warnings.warn(
-            "answers_match: math-verify is skipped outside the main thread (its time limit needs SIGALRM); "
-            "only exact numeric answers are compared. Call reward functions from the main thread.",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-        return False
     try:
-        with _time_limit(MATH_VERIFY_SECONDS):
+        with _time_limit(seconds):
             # \boxed{...} makes math-verify read the string as LaTeX (e.g. "\dfrac{1}{2}", "2^{10}").
             gold_parsed = parse("\\boxed{" + gold + "}", parsing_timeout=None)
             pred_parsed = parse("\\boxed{" + pred + "}", parsing_timeout=None)
@@ -209,13 +224,105 @@ def _math_verify_match(pred: str, gold: str) -> bool:
         return False
 
 
-def answers_match(pred: str | None, gold: str) -> bool:
+def _serve() -> None:
+    """The helper process (`python -m labkit.rewards`): one JSON request [pred, gold, seconds] per stdin
+    line, one JSON answer (true/false) per stdout line; math-verify runs in this process's main thread."""
+    print(json.dumps("ready"), flush=True)
+    for line in sys.stdin:
+        pred, gold, seconds = json.loads(line)
+        print(json.dumps(_math_verify_here(pred, gold, seconds)), flush=True)
+
+
+class _VerifyWorker:
+    """One helper process that runs math-verify for callers outside the main thread (where SIGALRM cannot
+    bound its time). Requests are serialised by a lock; a check that overruns its time is answered False
+    and the process is killed (the next request starts a fresh one)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.process: subprocess.Popen | None = None
+
+    def _read(self, seconds: float) -> Any:
+        """The helper's next answer line, or raise TimeoutError if none arrives within `seconds`."""
+        assert self.process is not None and self.process.stdout is not None
+        ready, _, _ = select.select([self.process.stdout], [], [], seconds)
+        line = self.process.stdout.readline() if ready else ""
+        if not line:
+            raise TimeoutError
+        return json.loads(line)
+
+    def _start(self) -> None:
+        if os.name != "posix":
+            raise RuntimeError("the math-verify helper process needs a POSIX system (Linux, macOS)")
+        package_root = str(Path(__file__).resolve().parent.parent)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+        self.process = subprocess.Popen([sys.executable, "-m", "labkit.rewards"], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+        try:
+            if self._read(WORKER_START_SECONDS) != "ready":
+                raise TimeoutError
+        except (TimeoutError, ValueError):
+            self._stop()
+            raise RuntimeError(f"the math-verify helper process did not start within {WORKER_START_SECONDS} s")
+
+    def _stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def ensure_started(self) -> None:
+        with self.lock:
+            if self.process is None or self.process.poll() is not None:
+                self._stop()
+                self._start()
+
+    def match(self, pred: str, gold: str, seconds: float) -> bool:
+        self.ensure_started()
+        with self.lock:
+            try:
+                assert self.process is not None and self.process.stdin is not None
+                self.process.stdin.write(json.dumps([pred, gold, seconds]) + "\n")
+                self.process.stdin.flush()
+                return bool(self._read(seconds + 0.5))  # the helper bounds itself; this is the backstop
+            except (TimeoutError, ValueError, OSError, AssertionError):  # overran, or died
+                self._stop()
+                return False
+
+
+_WORKER = _VerifyWorker()
+
+
+def _on_main_thread() -> bool:
+    return hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+
+
+def _math_verify_match(pred: str, gold: str, seconds: float | None = None) -> bool:
+    """math-verify equivalence of two LaTeX/plain answers within `seconds` (default MATH_VERIFY_SECONDS).
+
+    On the main thread it runs here under a SIGALRM deadline; on any other thread in the helper process
+    (_VerifyWorker), which has its own main thread, so the answer is the same on every thread. If the helper
+    cannot start, the check answers False and warns (it never hangs and never raises).
+    """
+    seconds = MATH_VERIFY_SECONDS if seconds is None else seconds
+    if _on_main_thread():
+        return _math_verify_here(pred, gold, seconds)
+    try:
+        return _WORKER.match(pred, gold, seconds)
+    except RuntimeError as error:
+        warnings.warn(f"answers_match: {error}; {pred!r} was compared by exact number only.",
+                      RuntimeWarning, stacklevel=3)
+        return False
+
+
+def answers_match(pred: str | None, gold: str, seconds: float | None = None) -> bool:
     """True iff the predicted answer equals the gold answer.
 
     1. pred None -> False.
     2. Both plain numbers -> exact comparison with Fraction ("0.5" == "1/2", "1,234" == "1234"); no SymPy.
     3. Otherwise math-verify (SymPy) equivalence, e.g. "\\frac{1}{2}" == "0.5". This is symbolic math, not
-       code execution, but note it simplifies: "1+1" matches "2". Bounded by MATH_VERIFY_SECONDS.
+       code execution, but note it simplifies: "1+1" matches "2". Bounded by `seconds` (default
+       MATH_VERIFY_SECONDS); `seconds <= 0` skips math-verify (step 2 only). Same answer on any thread.
     """
     if pred is None:
         return False
@@ -223,7 +330,9 @@ def answers_match(pred: str | None, gold: str) -> bool:
     pred_value, gold_value = as_fraction(pred), as_fraction(gold)
     if pred_value is not None and gold_value is not None:
         return pred_value == gold_value
-    return _math_verify_match(pred, gold)
+    if seconds is not None and seconds <= 0:
+        return False
+    return _math_verify_match(pred, gold, seconds)
 
 
 def _format_ok(text: str) -> bool:
@@ -247,19 +356,38 @@ def accuracy_reward(completions: Sequence[Any], answer: Sequence[str], **kwargs:
     """1.0 iff answers_match(extract_answer(completion), gold), else 0.0.
 
     `answer` is the dataset's gold-answer column (TRL passes dataset columns as kwargs), aligned with
-    `completions`. Time per completion: linear scans plus at most MATH_VERIFY_SECONDS of math-verify.
+    `completions`. Time: linear scans, plus math-verify for answers that are not plain numbers, at most
+    MATH_VERIFY_SECONDS each and MATH_VERIFY_BATCH_SECONDS for the whole call. When the batch budget is
+    spent (a policy emitting expensive LaTeX), the remaining completions are compared by exact number only
+    and a RuntimeWarning says how many.
     """
     if len(answer) != len(completions):
         raise RewardConfigError(
             f"accuracy_reward got {len(completions)} completions but {len(answer)} gold answers; "
             "pass one gold answer per completion (TRL does this from the dataset's 'answer' column)."
         )
-    rewards = []
+    if not _on_main_thread():
+        try:  # start the helper process now, so its start-up does not eat this batch's budget
+            _WORKER.ensure_started()
+        except RuntimeError:
+            pass  # _math_verify_match warns per answer
+    deadline = time.monotonic() + MATH_VERIFY_BATCH_SECONDS
+    rewards, exact_only = [], 0
     for completion, gold in zip(completions, answer):
         if not isinstance(gold, (str, int)) or isinstance(gold, bool):
             raise RewardConfigError(f"gold answers must be strings such as '19', got {type(gold).__name__}.")
         pred = extract_answer(completion_text(completion))
-        rewards.append(1.0 if answers_match(pred, str(gold)) else 0.0)
+        seconds = min(MATH_VERIFY_SECONDS, deadline - time.monotonic())
+        if seconds <= 0 and pred is not None and (as_fraction(pred) is None or as_fraction(str(gold)) is None):
+            exact_only += 1
+        rewards.append(1.0 if answers_match(pred, str(gold), seconds=seconds) else 0.0)
+    if exact_only:
+        warnings.warn(
+            f"accuracy_reward: math-verify's budget of {MATH_VERIFY_BATCH_SECONDS} s per call was spent; "
+            f"{exact_only} of {len(completions)} answers were compared by exact number only (scored 0 here).",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return rewards
 
 
@@ -354,3 +482,7 @@ def combine_rewards(components: dict[str, tuple[RewardFunc, float]]) -> Combined
     itself. This helper is for labkit's own loops (PPO, best-of-N).
     """
     return CombinedReward(components)
+
+
+if __name__ == "__main__":
+    _serve()

@@ -18,7 +18,8 @@
 #
 # **目标**
 # 1. 在一组（同一道题的 G 个回答）上亲手算出 GRPO 的三样东西：组内相对优势、裁剪的目标函数、k3 KL 估计，
-#    并与 `labkit.algorithms` 和 TRL `GRPOTrainer` 的数值逐项对照；
+#    并与 `labkit.algorithms` 和 TRL `GRPOTrainer` 的数值逐项对照；再在同一组上从 REINFORCE（原始奖励）走到带基线、再到裁剪，
+#    比较三种损失与梯度；
 # 2. 用 TRL `GRPOTrainer` 从 SFT 模型出发，以 `labkit` 的格式奖励 + 正确率奖励训练；
 # 3. 读懂 GRPO 的训练曲线：奖励及其分项、组内奖励标准差、`frac_reward_zero_std`（"信号坍缩"）、回答长度、KL、熵；
 # 4. 在留出题目上比较训练前后的正确率，并看几个训练前后的回答。
@@ -100,7 +101,8 @@ import pandas as pd
 import torch
 
 from labkit import metrics
-from labkit.algorithms import aggregate_loss, group_advantages, kl_k3, policy_gradient_loss, response_logprobs
+from labkit.algorithms import (aggregate_loss, group_advantages, kl_k3, pg_loss_by_kind, policy_gradient_loss,
+                               response_logprobs)
 from labkit.data import load_problems
 from labkit.evaluate import evaluate_accuracy
 from labkit.grpo import GRPO_STAGE_BETA, TRAIN_LEVELS, make_trainer, reward_setup, rl_dataset
@@ -209,6 +211,64 @@ print(f"clipped tokens: {clipped[mask.bool()].float().mean():.3f} (labkit: {stat
       f"mean k3 KL per token: {(k3 * mask).sum() / mask.sum():.5f}")
 print(f"loss  by hand {loss_by_hand:.6f} | labkit {loss_labkit:.6f} | TRL {float(loss_trl):.6f}")
 assert abs(loss_by_hand - loss_labkit) < 1e-5 and abs(float(loss_trl) - float(loss_labkit)) < 1e-4 * max(1, abs(float(loss_trl)))
+
+# %% [markdown]
+# **从 REINFORCE 到裁剪**：上面的裁剪目标函数是一步步演变来的。策略梯度定理给出最朴素的估计 REINFORCE：
+# 对采样出的回答，逐 token 的损失取 $-r_i\log\pi_\theta(o_{i,t})$，没有比值，样本必须来自当前策略。
+# 它的期望梯度是对的，但方差大：本实验的奖励都不小于 0，于是每个被采样的回答（包括答错的）都会被推高概率，只是推多推少的区别。
+# 减去一个与该回答无关的基线 $b$（这里取组内平均奖励），损失变为 $-(r_i-b)\log\pi_\theta(o_{i,t})$：期望梯度不变，方差变小，
+# 而且一组奖励全相同时梯度恰好为 0——这正是 GRPO 优势的分子。PPO/GRPO 再把 $\log\pi_\theta$ 换成比值 $\rho_{i,t}$ 并加上裁剪，
+# 好让同一批样本能安全地多更新几步。
+#
+# `labkit.algorithms.pg_loss_by_kind` 按名字选这三种损失（`"reinforce"`、`"reinforce_baseline"`、`"clipped"`），
+# 同时返回总损失和逐 token 的损失。
+# 下面在上面这一组 $G$ 个回答上各算一次，重新前向一遍并对策略参数求梯度（不调用优化器，参数不变）。
+# 这里 `clipped` 不传旧策略，即在策略上（$\pi_{\theta_{\text{old}}}=\pi_\theta$，TRL 默认 `num_iterations=1` 时训练就是这样）。
+
+# %%
+params = [p for p in probe.model.parameters() if p.requires_grad]
+
+
+def loss_and_grad(kind, weights):
+    """pg_loss_by_kind on this group, backpropagated to the policy: (loss, per-token losses, flat gradient)."""
+    probe.model.zero_grad(set_to_none=True)
+    live = response_logprobs(probe.model, input_ids, attention, response_mask)[:, prompt_len:].float()
+    loss, per_token, _ = pg_loss_by_kind(live, weights.to(live.device), mask, kind, norm="sequence")
+    loss.backward()
+    grad = torch.cat([torch.zeros(p.numel()) if p.grad is None else p.grad.detach().float().flatten().cpu()
+                      for p in params])
+    return float(loss.detach()), per_token.detach().cpu(), grad
+
+
+rewards_t = torch.tensor(r, dtype=torch.float32)
+baseline_adv = group_advantages(rewards_t, G, scale_std=False)   # A_i = r_i - mean(r)
+per_seq, summary, grads = {}, [], {}
+for kind, w in [("reinforce", rewards_t), ("reinforce_baseline", baseline_adv), ("clipped", baseline_adv)]:
+    loss, per_token, grads[kind] = loss_and_grad(kind, w)
+    per_seq[f"{kind} loss_i"] = ((per_token * mask.cpu()).sum(1) / mask.cpu().sum(1)).numpy().round(4)
+    summary.append({"kind": kind, "loss": round(loss, 6), "grad norm": round(float(grads[kind].norm()), 6)})
+print(pd.DataFrame(summary).to_string(index=False))
+print("negative weights: reinforce", int((rewards_t < 0).sum()), "| reinforce_baseline", int((baseline_adv < 0).sum()))
+pd.DataFrame({"reward r_i": r, "A_i = r_i - mean": baseline_adv.numpy().round(4), **per_seq})
+
+# %%
+# on-policy the clipped loss has another value but the same gradient as REINFORCE with a baseline
+gap = float((grads["clipped"] - grads["reinforce_baseline"]).norm() / grads["reinforce_baseline"].norm())
+print(f"|grad clipped - grad baseline| / |grad baseline| = {gap:.2e}")
+assert gap < 1e-4
+# a group whose rewards are all equal (say every answer right): raw rewards still push, the baseline gives nothing
+equal = torch.ones(G)
+g_raw = loss_and_grad("reinforce", equal)[2]
+g_base = loss_and_grad("reinforce_baseline", group_advantages(equal, G, scale_std=False))[2]
+print(f"all rewards 1: grad norm reinforce {float(g_raw.norm()):.6f} | reinforce_baseline {float(g_base.norm()):.6f}")
+assert float(g_raw.norm()) > 0 and float(g_base.abs().max()) == 0.0
+probe.model.zero_grad(set_to_none=True)
+
+# %% [markdown]
+# 读上面的输出：`reinforce` 的权重就是原始奖励，没有一个是负的；减去组均值后，低于平均的回答得到负权重，概率被往下压。
+# 在策略上比值恒为 1，`clipped` 的逐 token 损失就是 $-A_i$，按回答平均后损失值为 $-\frac1G\sum_i A_i=0$，与 `reinforce_baseline` 不同，
+# 梯度却相同（上面的 assert）：裁剪要到策略更新过、比值离开 1 之后才起作用。最后一行是"信号坍缩"的另一面：
+# 奖励全相同的组，没有基线时仍在推高这组回答，有了基线梯度恰为 0。
 
 # %%
 del probe, policy, batch

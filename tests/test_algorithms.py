@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from contextlib import nullcontext
 from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn.functional as F
 from tokenizers import Tokenizer, models
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 from trl.trainer.dpo_trainer import DPOTrainer
 from trl.trainer.grpo_trainer import GRPOTrainer
 from trl.trainer.reward_trainer import RewardTrainer
-from trl.trainer.utils import entropy_from_logits, nanstd, selective_log_softmax
+from trl.trainer.sft_trainer import SFTTrainer
+from trl.trainer.utils import add_fused_lm_head, entropy_from_logits, nanstd, selective_log_softmax
 
 from labkit.algorithms import (
     AlgorithmInputError,
@@ -32,15 +35,20 @@ from labkit.algorithms import (
     group_advantages,
     kl_k1,
     kl_k3,
+    grpo_microbatch_step,
     masked_mean,
     masked_sum,
+    masked_sum_over_constant,
     masked_var,
     masked_whiten,
     pad_right,
+    pg_loss_by_kind,
     policy_gradient_loss,
     response_logprobs,
     rloo_advantages,
+    sft_microbatch_step,
     shift_for_causal_lm,
+    shift_mask,
     token_entropy,
     token_logprobs,
     tokenize_prompt_response,
@@ -76,6 +84,22 @@ def test_masked_mean_rejects_empty_mask_and_non_binary_mask():
         masked_mean(X, M * 2)
     with pytest.raises(AlgorithmInputError, match="same shape"):
         masked_sum(X, M[:, :2])
+
+
+def test_masked_mean_over_each_dim_and_masked_sum_over_constant_by_hand():
+    x = torch.tensor([[1.0, 2.0, 3.0], [5.0, 7.0, 9.0]])
+    m = torch.tensor([[1, 0, 1], [1, 1, 0]])
+    close(masked_mean(x, m, dim=None), 16 / 4)  # 1 + 3 + 5 + 7 over 4 kept entries
+    close(masked_mean(x, m, dim=1), [4 / 2, 12 / 2])  # per row: (1 + 3) / 2, (5 + 7) / 2
+    close(masked_mean(x, m, dim=0), [6 / 2, 7 / 1, 3 / 1])  # per column: (1 + 5) / 2, 7 / 1, 3 / 1
+    # the divisor is fixed: it does not change with how many entries the mask keeps
+    close(masked_sum_over_constant(x, m, 8.0), 16 / 8)
+    close(masked_sum_over_constant(x, m, 4.0, dim=1), [4 / 4, 12 / 4])
+    close(masked_sum_over_constant(x, m, 2.0, dim=0), [6 / 2, 7 / 2, 3 / 2])
+    with pytest.raises(AlgorithmInputError, match="positive constant"):
+        masked_sum_over_constant(x, m, 0)
+    with pytest.raises(AlgorithmInputError, match="positive constant"):
+        masked_sum_over_constant(x, m, -3.0)
 
 
 def test_masked_var_and_whiten_by_hand():
@@ -192,6 +216,25 @@ def test_response_logprobs_match_prefix_forward_passes_of_a_real_model():
                 last_logits = model(input_ids=prefix).logits[0, -1]
                 expected = torch.log_softmax(last_logits, -1)[ex["input_ids"][t]]
                 close(out[b, t], expected, atol=1e-4)
+
+
+def test_shift_mask_pairs_the_mask_with_the_shifted_labels():
+    # The two alignments of one batch: with the inputs ([B, T], response_logprobs) and with the
+    # shifted labels ([B, T-1], token_logprobs of shift_for_causal_lm). Same tokens, same sums.
+    model = _tiny_qwen3()
+    batch = pad_right([{"input_ids": [3, 5, 7, 9, 2], "attention_mask": [1] * 5, "response_mask": [0, 0, 1, 1, 1]},
+                       {"input_ids": [4, 6, 8], "attention_mask": [1] * 3, "response_mask": [0, 1, 1]}], 0)
+    ids, attention, mask = batch["input_ids"], batch["attention_mask"], batch["response_mask"]
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=attention).logits
+        shifted = token_logprobs(*shift_for_causal_lm(logits, ids))
+        aligned = response_logprobs(model, ids, attention, mask)
+    assert shift_mask(mask).tolist() == [[0, 1, 1, 1], [1, 1, 0, 0]]
+    assert shifted.shape == shift_mask(mask).shape == (2, 4) and aligned.shape == mask.shape == (2, 5)
+    close(masked_sum(shifted, shift_mask(mask), dim=1), masked_sum(aligned, mask, dim=1), atol=1e-6)
+    close(masked_sum(shifted, shift_mask(mask)), masked_sum(aligned, mask), atol=1e-6)
+    with pytest.raises(AlgorithmInputError, match="first token"):
+        shift_mask(torch.tensor([[1, 1, 0]]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -410,11 +453,87 @@ def test_three_normalizations_on_sequences_of_different_length():
         policy_gradient_loss(logp, old, adv, mask, norm="constant")
 
 
+def test_pg_loss_three_kinds_by_hand():
+    # 2 sequences: tokens [-1, -2] and [-0.5] (log-probs; 0 on the padding), token-mean norm (3 tokens)
+    logp = torch.tensor([[-1.0, -2.0, 0.0], [-0.5, 0.0, 0.0]], requires_grad=True)
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    rewards = torch.tensor([1.0, 3.0])
+    adv = rewards - rewards.mean()  # baseline = mean reward 2: A = [-1, 1]
+    # reinforce: L = -r logp = [1, 2], [1.5]; mean 4.5 / 3 = 1.5; dL/dlogp = -r / 3
+    loss, per_token, stats = pg_loss_by_kind(logp, rewards, mask, "reinforce")
+    close(loss, 1.5)
+    close(per_token, [[1.0, 2.0, 0.0], [1.5, 0.0, 0.0]])
+    close(torch.autograd.grad(loss, logp)[0], [[-1 / 3, -1 / 3, 0.0], [-1.0, 0.0, 0.0]])
+    assert stats["weight_mean"] == pytest.approx(5 / 3)  # token mean of r: (1 + 1 + 3) / 3
+    # reinforce_baseline: L = -A logp = [-1, -2], [0.5]; mean -2.5 / 3; dL/dlogp = -A / 3
+    loss, per_token, stats = pg_loss_by_kind(logp, adv, mask, "reinforce_baseline")
+    close(loss, -2.5 / 3)
+    close(per_token, [[-1.0, -2.0, 0.0], [0.5, 0.0, 0.0]])
+    g_baseline = torch.autograd.grad(loss, logp)[0]
+    close(g_baseline, [[1 / 3, 1 / 3, 0.0], [-1 / 3, 0.0, 0.0]])
+    # clipped, on-policy (rho = 1): L = -A = [1, 1], [-1]; mean 1/3: another value, the same gradient
+    loss, per_token, stats = pg_loss_by_kind(logp, adv, mask, "clipped")
+    close(loss, 1 / 3)
+    close(per_token, [[1.0, 1.0, 0.0], [-1.0, 0.0, 0.0]])
+    close(torch.autograd.grad(loss, logp)[0], g_baseline)
+    assert stats["clip_frac"] == 0.0 and stats["approx_kl"] == 0.0
+    # all rewards equal: raw rewards still push every token up, the baseline gives no gradient
+    equal = torch.tensor([2.0, 2.0])
+    g_raw = torch.autograd.grad(pg_loss_by_kind(logp, equal, mask, "reinforce")[0], logp)[0]
+    g_zero = torch.autograd.grad(pg_loss_by_kind(logp, equal - equal.mean(), mask, "reinforce_baseline")[0], logp)[0]
+    close(g_raw, [[-2 / 3, -2 / 3, 0.0], [-2 / 3, 0.0, 0.0]])
+    close(g_zero, torch.zeros(2, 3))
+
+
+def test_pg_loss_reinforce_gradient_equals_on_policy_clipped_gradient():
+    g = torch.Generator().manual_seed(8)
+    B, T = 4, 6
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0], [1, 0, 0, 0, 0, 0], [0, 1, 1, 1, 1, 0]])
+    logp = (-torch.rand(B, T, generator=g) * 3).requires_grad_(True)
+    for adv in (torch.randn(B, generator=g), torch.randn(B, T, generator=g)):  # per sequence or per token
+        for norm in ("token", "sequence", "constant"):
+            kw = dict(norm=norm, max_len=T)
+            (g_reinforce,) = torch.autograd.grad(pg_loss_by_kind(logp, adv, mask, "reinforce", **kw)[0], logp)
+            (g_baseline,) = torch.autograd.grad(pg_loss_by_kind(logp, adv, mask, "reinforce_baseline", **kw)[0], logp)
+            (g_clipped,) = torch.autograd.grad(pg_loss_by_kind(logp, adv, mask, "clipped", **kw)[0], logp)
+            explicit, _, stats = pg_loss_by_kind(logp, adv, mask, "clipped", old_logp=logp.detach(), clip_low=0.1, **kw)
+            (g_explicit,) = torch.autograd.grad(explicit, logp)
+            close(g_baseline, g_reinforce, atol=0)
+            close(g_clipped, g_reinforce, atol=1e-7)
+            close(g_explicit, g_reinforce, atol=1e-7)
+            assert stats["clip_frac"] == 0.0
+    # off-policy, "clipped" is policy_gradient_loss itself
+    old = logp.detach() + torch.randn(B, T, generator=g) * 0.3
+    ours, per_token, stats = pg_loss_by_kind(logp, adv, mask, "clipped", old_logp=old, clip_low=0.2, clip_high=0.28)
+    reference, reference_stats = policy_gradient_loss(logp, old, adv, mask, clip_low=0.2, clip_high=0.28)
+    close(ours, reference.detach(), atol=0)
+    close(aggregate_loss(per_token, mask), reference.detach(), atol=1e-7)
+    assert stats["clip_frac"] > 0 and {k: stats[k] for k in reference_stats} == reference_stats
+
+
+def test_pg_loss_accepts_the_three_names_only():
+    logp, mask, w = torch.zeros(2, 3), torch.ones(2, 3), torch.tensor([1.0, -1.0])
+    for kind in ("reinforce", "reinforce_baseline", "clipped"):
+        loss, per_token, _ = pg_loss_by_kind(logp, w, mask, kind)
+        assert loss.shape == () and per_token.shape == (2, 3)
+    with pytest.raises(AlgorithmInputError, match="kind must be one of"):
+        pg_loss_by_kind(logp, w, mask, "ppo")
+    with pytest.raises(AlgorithmInputError, match="no ratio"):
+        pg_loss_by_kind(logp, w, mask, "reinforce", old_logp=logp)
+    with pytest.raises(AlgorithmInputError, match="weights must be"):
+        pg_loss_by_kind(logp, torch.ones(3), mask, "reinforce")
+
+
 class _FakeAccelerator:
     """Single-process stand-in for accelerate.Accelerator: every collective is the identity."""
 
     device = torch.device("cpu")
     num_processes = 1
+    parallelism_config = None
+    sync_gradients = True
+
+    def autocast(self):
+        return nullcontext()
 
     def reduce(self, tensor, reduction="sum"):
         return tensor
@@ -473,6 +592,161 @@ def test_policy_loss_and_k3_match_trl_grpo_compute_loss(loss_type, norm):
         assert stats["clip_frac"] == pytest.approx(metrics["clip_ratio/region_mean"][0])
         if beta:
             assert aggregate_loss(kl_k3(logp, ref), mask).item() == pytest.approx(metrics["kl"][0], rel=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Microbatch train steps, against TRL's losses on a tiny Qwen3
+# ---------------------------------------------------------------------------------------------
+
+
+def _tiny_qwen3(seed: int = 0) -> Qwen3ForCausalLM:
+    torch.manual_seed(seed)
+    config = Qwen3Config(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=8, max_position_embeddings=64)
+    return Qwen3ForCausalLM(config).train()
+
+
+def _grads(model) -> torch.Tensor:
+    """All parameter gradients as one vector, then cleared (the next call accumulates from zero)."""
+    flat = torch.cat([p.grad.flatten() for p in model.parameters()])
+    model.zero_grad(set_to_none=False)
+    return flat.clone()
+
+
+def _sft_batch(lengths, prompt_len=2, seed=9):
+    """Right-padded prompt + response rows; `lengths` are the response lengths."""
+    g = torch.Generator().manual_seed(seed)
+    examples = []
+    for n in lengths:
+        ids = torch.randint(1, 64, (prompt_len + n,), generator=g).tolist()
+        examples.append({"input_ids": ids, "attention_mask": [1] * len(ids),
+                         "response_mask": [0] * prompt_len + [1] * n})
+    return pad_right(examples, pad_token_id=0)
+
+
+def _rows(batch, rows):
+    return {k: v[rows] for k, v in batch.items()}
+
+
+def _sft_trainer_self():
+    """The attributes SFTTrainer.compute_loss (TRL 1.16) reads."""
+    return SimpleNamespace(
+        model=SimpleNamespace(training=True), aux_loss_enabled=False, accelerator=_FakeAccelerator(),
+        compute_loss_func=None, label_smoother=None,
+        args=SimpleNamespace(loss_type="nll", average_tokens_across_devices=False),
+        _metrics={"train": defaultdict(list)}, _total_train_tokens=0, _tp_size=1,
+    )
+
+
+def test_sft_microbatch_step_matches_trl_sft_compute_loss():
+    # TRL 1.16 SFTTrainer.compute_loss (trl/trainer/sft_trainer.py:1560) with its fused LM head
+    # (add_fused_lm_head, as SFTTrainer.__init__ adds it), labels = -100 on prompt and padding.
+    model = _tiny_qwen3()
+    add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
+    batch = _sft_batch([4, 2, 5])
+    labels = batch["input_ids"].masked_fill(batch["response_mask"] == 0, -100)
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "labels": labels}
+    for num_items in (None, 20):  # TRL: sum / count of this batch's labels, or sum / num_items_in_batch
+        trl_loss = SFTTrainer.compute_loss(_sft_trainer_self(), model, dict(inputs), num_items_in_batch=num_items)
+        trl_loss.backward()
+        g_trl = _grads(model)
+        ours, stats = sft_microbatch_step(model, batch, num_items_in_batch=num_items)
+        assert ours == pytest.approx(trl_loss.item(), abs=1e-6)
+        close(_grads(model), g_trl, atol=1e-6)
+    assert stats["num_tokens"] == 11
+    # and the model's own loss (labels shifted inside, -100 ignored) is the same token mean
+    with torch.no_grad():
+        own_loss = model(**inputs).loss.item()
+    assert own_loss == pytest.approx(sft_microbatch_step(model, batch)[0], abs=1e-6)
+
+
+def test_sft_microbatch_steps_accumulate_to_the_full_batch_gradient():
+    model = _tiny_qwen3()
+    equal = _sft_batch([3, 1, 2, 2])  # microbatches [0, 1] and [2, 3] hold 4 response tokens each
+    full_loss, _ = sft_microbatch_step(model, equal)
+    g_full = _grads(model)
+    losses = [sft_microbatch_step(model, _rows(equal, rows), grad_accum_steps=2)[0] for rows in ([0, 1], [2, 3])]
+    close(_grads(model), g_full, atol=1e-6)  # gradients added up in place across the two calls
+    assert sum(losses) / 2 == pytest.approx(full_loss, abs=1e-6)  # returned losses are not divided by 2
+
+    unequal = _sft_batch([5, 1, 1, 1])  # 6 tokens vs 2: the mean of the two token means is another weighting
+    sft_microbatch_step(model, unequal)
+    g_full = _grads(model)
+    for rows in ([0, 1], [2, 3]):
+        sft_microbatch_step(model, _rows(unequal, rows), grad_accum_steps=2)
+    assert not torch.allclose(_grads(model), g_full, atol=1e-4)
+    # transformers' convention: divide each microbatch's sum by the window's token count (here 8)
+    for rows in ([0, 1], [2, 3]):
+        sft_microbatch_step(model, _rows(unequal, rows), grad_accum_steps=2, num_items_in_batch=8)
+    close(_grads(model), g_full, atol=1e-6)
+    with pytest.raises(AlgorithmInputError, match="grad_accum_steps"):
+        sft_microbatch_step(model, equal, grad_accum_steps=0)
+
+
+def _grpo_batch(seed=10):
+    """4 completions after equal-length prompts (TRL left-pads prompts; here none is padded)."""
+    g = torch.Generator().manual_seed(seed)
+    B, P, C = 4, 3, 5
+    prompt_ids = torch.randint(1, 64, (B, P), generator=g)
+    completion_mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 0]])
+    completion_ids = torch.randint(1, 64, (B, C), generator=g) * completion_mask
+    batch = {"input_ids": torch.cat([prompt_ids, completion_ids], 1),
+             "attention_mask": torch.cat([torch.ones(B, P, dtype=torch.long), completion_mask], 1),
+             "response_mask": torch.cat([torch.zeros(B, P, dtype=torch.long), completion_mask], 1)}
+    trl_inputs = {"prompt_ids": prompt_ids, "prompt_mask": torch.ones(B, P, dtype=torch.long),
+                  "completion_ids": completion_ids, "completion_mask": completion_mask}
+    return batch, trl_inputs, g
+
+
+@pytest.mark.parametrize(("loss_type", "norm"), [("grpo", "sequence"), ("bnpo", "token"), ("dr_grpo", "constant")])
+def test_grpo_microbatch_step_matches_trl_grpo_compute_loss(loss_type, norm):
+    # TRL 1.16 GRPOTrainer._compute_loss (trl/trainer/grpo_trainer.py:3020) on a stand-in self, with
+    # TRL's own log-prob forward (_get_per_token_logps_and_entropies and the fused LM head), in
+    # train mode with 2 accumulation steps: TRL returns loss / 2, ours returns loss and backpropagates loss / 2.
+    model = _tiny_qwen3()
+    add_fused_lm_head(model, outputs=("log_probs", "entropy"))
+    batch, inputs, g = _grpo_batch()
+    B, C = inputs["completion_ids"].shape
+    P = inputs["prompt_ids"].shape[1]
+    with torch.no_grad():
+        logp = response_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"])[:, P:]
+    mask = inputs["completion_mask"]
+    old = (logp + torch.randn(B, C, generator=g) * 0.3) * mask  # off-policy: ratios on both sides of the clip
+    ref = (logp + torch.randn(B, C, generator=g) * 0.2) * mask
+    adv = torch.randn(B, generator=g)
+    inputs.update(advantages=adv, old_per_token_logps=old, ref_per_token_logps=ref, num_items_in_batch=mask.sum())
+    for beta in (0.0, 0.04):
+        fake = _grpo_trainer_self(loss_type, beta, None, max_completion_length=C)
+        fake.args.use_bias_correction_kl = True  # TRL 1.16's default
+        fake.current_gradient_accumulation_steps = 2
+        forward = GRPOTrainer._get_per_token_logps_and_entropies.__wrapped__  # without TRL's profiling wrapper
+        fake._get_per_token_logps_and_entropies = lambda *a, fake=fake, **k: forward(fake, *a, **k)
+        trl_loss = GRPOTrainer._compute_loss(fake, model, inputs)
+        trl_loss.backward()
+        g_trl = _grads(model)
+        ours, stats = grpo_microbatch_step(
+            model, batch, adv, grad_accum_steps=2, old_logp=F.pad(old, (P, 0)), ref_logp=F.pad(ref, (P, 0)),
+            beta=beta, clip_low=0.2, clip_high=0.28, norm=norm, max_len=C)
+        assert ours / 2 == pytest.approx(trl_loss.item(), abs=1e-6)
+        close(_grads(model), g_trl, atol=1e-6)
+        metrics = fake._metrics["train"]
+        assert stats["clip_frac"] == pytest.approx(metrics["clip_ratio/region_mean"][0])
+        assert stats["clip_frac"] > 0
+
+
+def test_grpo_microbatch_steps_accumulate_to_the_full_batch_gradient():
+    model = _tiny_qwen3()
+    batch, _, g = _grpo_batch()
+    adv = torch.randn(4, generator=g)
+    halves = ([0, 1], [2, 3])  # 2 sequences each; 7 and 5 response tokens
+    for norm, exact in (("sequence", True), ("constant", True), ("token", False)):
+        grpo_microbatch_step(model, batch, adv, norm=norm, max_len=5)
+        g_full = _grads(model)
+        for rows in halves:
+            grpo_microbatch_step(model, _rows(batch, rows), adv[rows], grad_accum_steps=2, norm=norm, max_len=5)
+        assert torch.allclose(_grads(model), g_full, atol=1e-6) == exact, norm
+    with pytest.raises(AlgorithmInputError, match="ref_logp"):
+        grpo_microbatch_step(model, batch, adv, beta=0.04)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -440,12 +440,88 @@ def test_gsm8k_from_github_style_folder(tmp_path):
     ({"question": " ", "answer": "x\n#### 1"}, "field 'question'"),
     ({"question": "q", "answer": "#### 1"}, "field 'reasoning'"),
 ])
-def test_gsm8k_bad_row_names_dataset_and_index(tmp_path, bad, expected):
+def test_gsm8k_bad_row_names_file_and_line(tmp_path, bad, expected):
+    # One bad row in four is more than MAX_BAD_FRACTION: refused, naming the row's file:line.
     path = write_jsonl(tmp_path / "test.jsonl", [*GSM8K_ROWS, bad])
     with pytest.raises(DataError) as info:
         load_gsm8k("test", path=path)
-    assert str(info.value).startswith(f"{path} [test] row 3: "), str(info.value)
-    assert expected in str(info.value)
+    assert str(info.value).startswith(f"{path} [test]: 1 of 4 rows are bad"), str(info.value)
+    assert f"{path}:4: " in str(info.value) and expected in str(info.value)
+
+
+def _many_gsm8k(n: int) -> list[dict]:
+    return [{"question": f"q{i}", "answer": f"{i} + 1\n#### {i + 1}"} for i in range(n)]
+
+
+def test_gsm8k_skips_a_few_bad_rows_and_says_where(tmp_path):
+    rows = _many_gsm8k(60)
+    rows[7] = {"question": "q", "answer": "x\n#### 3.5"}
+    rows[30] = {"question": "q", "answer": "x"}
+    path = tmp_path / "test.jsonl"
+    # Blank lines count as lines: the bad rows are on lines 9 and 34 of the file.
+    lines = [json.dumps(r) for r in rows]
+    path.write_text("\n".join(lines[:5] + [""] + lines[5:30] + ["", ""] + lines[30:]) + "\n", encoding="utf-8")
+    with pytest.warns(data.DataWarning) as caught:
+        loaded = load_gsm8k("test", path=path)
+    message = str(caught[0].message)
+    assert "2 of 60 rows are bad (1 final answer not an integer, 1 no single '####')" in message
+    assert f"{path}:9: the number after '####'" in message and f"{path}:34: " in message
+    assert len(loaded) == 58
+    assert loaded[7]["id"] == "gsm8k-test-00008"  # ids keep the row's place in the file
+
+
+def test_gsm8k_lines_in_a_second_file_name_that_file(tmp_path):
+    write_jsonl(tmp_path / "train-a.jsonl", _many_gsm8k(40))
+    bad = _many_gsm8k(3)
+    bad[1] = {"question": "q", "answer": "x\n#### one"}
+    write_jsonl(tmp_path / "train-b.jsonl", bad)
+    with pytest.warns(data.DataWarning, match=re.escape(f"{tmp_path / 'train-b.jsonl'}:2: ")):
+        assert len(load_gsm8k("train", path=tmp_path)) == 42
+
+
+def test_gsm8k_parquet_rows_are_named_by_index(tmp_path):
+    import pandas as pd
+
+    rows = _many_gsm8k(5)
+    rows[2]["answer"] = "no final answer"
+    pd.DataFrame(rows).to_parquet(tmp_path / "test.parquet")
+    with pytest.raises(DataError, match=re.escape(f"{tmp_path / 'test.parquet'} [row 2]: field 'answer'")):
+        load_gsm8k("test", path=tmp_path / "test.parquet")
+    (tmp_path / "broken.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(DataError, match="not a readable parquet file"):
+        load_gsm8k("test", path=tmp_path / "broken.parquet")
+
+
+UNREADABLE_LINES = {
+    "bad UTF-8": (b'{"question": "q\xff", "answer": "x\\n#### 1"}', "not valid UTF-8"),
+    "deep nesting": (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    "5000 digits": (b'{"question": "q", "answer": "x", "n": ' + b"9" * 5_000 + b"}", "cannot be read"),
+    "lone surrogate": (b'{"question": "q\\ud800", "answer": "x\\n#### 1"}', "lone surrogate"),
+    "surrogate in a key": (b'{"question": "q", "answer": "x\\n#### 1", "\\udfff": 1}', "lone surrogate"),
+    "invalid JSON": (b'{"question": ', "invalid JSON"),
+}
+
+
+@pytest.mark.parametrize("case", UNREADABLE_LINES)
+def test_unreadable_lines_name_file_and_line_everywhere(tmp_path, case):
+    bad, expected = UNREADABLE_LINES[case]
+    good = [json.dumps(r).encode() for r in _many_gsm8k(3)]
+    path = tmp_path / "test.jsonl"
+    path.write_bytes(b"\n".join(good[:2] + [bad] + good[2:]) + b"\n")
+    with pytest.raises(DataError, match=re.escape(f"{path}:3: ") + ".*" + re.escape(expected)):
+        load_gsm8k("test", path=path)  # 1 of 4 bad: refused, with the line
+    kit = tmp_path / "kit.jsonl"
+    kit.write_bytes(line().encode() + b"\n" + bad + b"\n")
+    with pytest.raises(DataError, match=re.escape(f"{kit}:2: ") + ".*" + re.escape(expected)):
+        load_jsonl(kit, PROBLEM)  # the kit's own files: strict
+
+
+def test_many_good_rows_carry_one_unreadable_line(tmp_path):
+    path = tmp_path / "test.jsonl"
+    good = [json.dumps(r).encode() for r in _many_gsm8k(30)]
+    path.write_bytes(b"\n".join(good[:10] + [b"[" * 100_000] + good[10:]))
+    with pytest.warns(data.DataWarning, match="1 nested too deeply"):
+        assert len(load_gsm8k("test", path=path)) == 30
 
 
 def test_gsm8k_bad_arguments(tmp_path):

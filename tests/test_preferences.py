@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
-from labkit.data import DataError
+from labkit.data import DataError, DataWarning
 from labkit.preferences import HELDOUT_PAIRS, load_preferences, parse_pair
 
 
@@ -46,15 +47,48 @@ def test_parse_pair_reads_known_layouts(raw, question, chosen):
 
 
 @pytest.mark.parametrize("raw, message", [
-    ({"text": "x"}, r"some/set \[row 3\]: no known preference columns"),
-    ({"prompt": "q", "chosen": "same", "rejected": "same"}, r"\[row 3\]: chosen and rejected are the same"),
-    ({"prompt": "q", "chosen": " ", "rejected": "b"}, r"\[row 3\]: chosen is empty"),
-    ({"prompt": "q", "chosen": 5, "rejected": "b"}, r"\[row 3\]: expected a string or a list of messages"),
-    ("not a dict", r"\[row 3\]: expected a JSON object"),
+    ({"text": "x"}, r"^train.jsonl:4: no known preference columns"),
+    ({"prompt": "q", "chosen": "same", "rejected": "same"}, r"^train.jsonl:4: chosen and rejected are the same"),
+    ({"prompt": "q", "chosen": " ", "rejected": "b"}, r"^train.jsonl:4: chosen is empty"),
+    ({"prompt": "q", "chosen": 5, "rejected": "b"}, r"^train.jsonl:4: expected a string or a list of messages"),
+    ("not a dict", r"^train.jsonl:4: expected a JSON object"),
 ])
 def test_parse_pair_names_the_bad_row(raw, message):
     with pytest.raises(DataError, match=message):
-        parse_pair(raw, 3, "some/set")
+        parse_pair(raw, 3, "train.jsonl:4")
+
+
+def _pairs(n: int) -> list[dict]:
+    return [{"prompt": f"q{i}", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(n)]
+
+
+def test_a_few_bad_hub_pairs_are_skipped_and_named(tmp_path):
+    rows = _pairs(40)
+    rows[5] = {"prompt": "q", "chosen": "same", "rejected": "same"}
+    path = tmp_path / "train.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+    with pytest.warns(DataWarning,
+                      match=re.escape(f"1 of 40 rows are bad (1 chosen == rejected); first: {path}:6: ")):
+        train = load_preferences(str(path), "train")
+    assert len(train) == 36 and train[5]["id"] == "pair-00006"
+
+
+def test_mostly_bad_hub_pairs_are_refused(tmp_path):
+    rows = [{"prompt": "q", "chosen": "same", "rejected": "same"}] * 3 + _pairs(5)
+    path = tmp_path / "train.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+    with pytest.raises(DataError, match=re.escape(f"{path}: 3 of 8 rows are bad")):
+        load_preferences(str(path), "train")
+
+
+def test_a_one_pair_set_and_bad_limits_are_refused_with_the_source(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_text(json.dumps(_pairs(1)[0]), encoding="utf-8")
+    with pytest.raises(DataError, match=re.escape(f"{path}: 1 usable pair(s); a preference set needs at least 2")):
+        load_preferences(str(path), "train")
+    for limit in (-5, 0, 2.5, "3"):
+        with pytest.raises(DataError, match="limit must be None or an integer >= 1"):
+            load_preferences("kit", "train", limit=limit)
 
 
 def test_local_hub_snapshot_is_split_by_fraction(tmp_path):

@@ -183,3 +183,24 @@ def test_rl_plans_ppo_holds_a_reward_model_grpo_generates_groups(name):
     with_value_model = estimate_memory(dataclasses.replace(ppo, value_model=True))
     assert with_value_model.total_bytes > estimate_memory(ppo).total_bytes
     assert estimate_memory(ppo).breakdown["reward_model"] > 0 == estimate_memory(grpo).breakdown["reward_model"]
+
+
+@pytest.mark.parametrize("lab", ["sft", "rm", "dpo", "ppo", "grpo"])
+@pytest.mark.parametrize("name, vram_gb", [("24gb", 12.0), ("80gb", 20.0), ("24gb", 8.0), ("t4", 6.0)])
+def test_a_refusal_names_profile_fields_that_make_it_fit(lab, name, vram_gb):
+    """The advice is in the fields a student sets (batch_size, grad_accum, max_new_tokens, ...), and
+    setting exactly those fields makes the same lab pass the same check."""
+    from labkit.memory import suggest_fix
+    from labkit.preflight import profile_changes
+
+    profile = get_profile(name, lab=lab)
+    plan = train_plan(profile, lab)
+    fix = suggest_fix(plan, int(vram_gb * GiB))
+    if estimate_memory(plan).fits(int(vram_gb * GiB)) or fix is None:
+        pytest.skip("fits already, or nothing we know fits")
+    with pytest.raises(MemoryBudgetError, match="In the profile's fields") as error:
+        preflight(profile, gpu(vram_gb), lab=lab)
+    changes = profile_changes(profile, lab, plan, fix[0])
+    assert changes and "per_device_train_batch_size" not in str(error.value).rsplit("\n", 1)[1]
+    fixed = get_profile(name, lab=lab, **changes)
+    preflight(fixed, gpu(vram_gb), lab=lab)  # no error

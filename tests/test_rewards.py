@@ -151,20 +151,83 @@ def test_math_verify_time_limit(monkeypatch):
     assert time.perf_counter() - start < 1.0
 
 
-def test_outside_main_thread_only_exact_numbers_and_a_warning():
-    results = {}
+# Right answers to "19" that need math-verify (not plain numbers), as a policy might write them.
+PLAUSIBLE_RIGHT = ["\\boxed{\\frac{38}{2}}", "\\boxed{19\\text{ apples}}", "\\boxed{19.0}", "\\boxed{\\dfrac{57}{3}}",
+                   "\\boxed{18+1}", "\\boxed{\\sqrt{361}}", "\\boxed{19}", "$19$", "\\(19\\)", "19 apples",
+                   "<think>9+10</think>\\boxed{19}", "<think>x</think>The answer is \\boxed{ 19 }."]
+
+
+def _in_thread(fn):
+    """fn() run on a fresh thread, with the warnings it raised."""
+    result = {}
 
     def worker():
-        results["latex"] = answers_match("\\frac{1}{2}", "0.5")
-        results["plain"] = answers_match("1/2", "0.5")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result["value"] = fn()
+        result["warnings"] = [str(w.message) for w in caught]
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        thread = threading.Thread(target=worker)
-        thread.start()
-        thread.join()
-    assert results == {"latex": False, "plain": True}
-    assert any("main thread" in str(w.message) for w in caught)
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    return result["value"], result["warnings"]
+
+
+def test_rewards_from_a_thread_equal_rewards_on_the_main_thread():
+    golds = ["19"] * len(PLAUSIBLE_RIGHT)
+    on_main = accuracy_reward(PLAUSIBLE_RIGHT, answer=golds)
+    assert on_main == [1.0] * len(PLAUSIBLE_RIGHT)
+    on_thread, caught = _in_thread(lambda: accuracy_reward(PLAUSIBLE_RIGHT, answer=golds))
+    assert on_thread == on_main and caught == []
+    latex, _ = _in_thread(lambda: (answers_match("\\frac{1}{2}", "0.5"), answers_match("\\frac{1}{3}", "0.5")))
+    assert latex == (True, False)
+
+
+def test_a_thread_check_that_overruns_is_cut_and_the_helper_restarts():
+    bomb = "\\boxed{9^{9^{9^{9^{9}}}}}"
+    start = time.perf_counter()
+    value, _ = _in_thread(lambda: answers_match(bomb, "19", seconds=0.2))
+    assert value is False and time.perf_counter() - start < 0.2 + 0.5 + 2.0  # + backstop + a start-up
+    again, _ = _in_thread(lambda: answers_match("\\frac{38}{2}", "19"))
+    assert again is True
+
+
+@pytest.mark.parametrize("text", ["1e19", "10^19", "2^19", "5\\times 10^{19}", "2**19", "1E19", "x^{ 19}",
+                                  "<think>a</think>The answer is 10^{19}.", "\\boxed{10^{19}}", "1e-19"])
+def test_an_exponent_is_not_the_answer(text):
+    assert accuracy_reward([text], answer=["19"]) == [0.0]
+    assert accuracy_reward([text], answer=["-19"]) == [0.0]
+
+
+@pytest.mark.parametrize("text, expected", [("2^10 = 1024", "1024"), ("19e", "19"), ("x = 19", "19"),
+                                            ("room 3 e 19", "19")])
+def test_numbers_after_an_exponent_still_count(text, expected):
+    assert extract_answer(text) == expected
+
+
+def test_math_verify_time_is_bounded_per_batch(monkeypatch):
+    def slow_parse(*args, **kwargs):
+        while True:
+            time.sleep(0.01)
+
+    monkeypatch.setattr(rewards, "parse", slow_parse)
+    monkeypatch.setattr(rewards, "MATH_VERIFY_SECONDS", 0.2)
+    monkeypatch.setattr(rewards, "MATH_VERIFY_BATCH_SECONDS", 0.5)
+    bombs = ["\\boxed{\\frac{1}{2}}"] * 64 + ["<think>x</think>19"]
+    start = time.perf_counter()
+    with pytest.warns(RuntimeWarning, match="61 of 65 answers were compared by exact number only"):
+        values = accuracy_reward(bombs, answer=["19"] * len(bombs))
+    assert time.perf_counter() - start < 0.5 + 0.2 + 0.5
+    assert values == [0.0] * 64 + [1.0]  # exact numbers are still graded after the budget is spent
+
+
+def test_a_real_latex_bomb_batch_is_bounded():
+    bombs = ["<think>x</think>\\boxed{9^{9^{9^{9}}}}"] * 64
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        assert accuracy_reward(bombs, answer=["19"] * 64) == [0.0] * 64
+    assert time.perf_counter() - start < rewards.MATH_VERIFY_BATCH_SECONDS + rewards.MATH_VERIFY_SECONDS + 1.0
 
 
 @pytest.mark.parametrize(
