@@ -8,6 +8,7 @@ override any field by name. Nothing here imports torch or transformers.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
@@ -246,6 +247,9 @@ def get_profile(name: str = "auto", lab: str | None = None, hardware: Hardware |
         raise ProfileError(f"unknown profile field(s) {unknown}; valid fields: {sorted(valid)}")
     if isinstance(changes.get("lora_targets"), list):
         changes["lora_targets"] = tuple(changes["lora_targets"])
+    for key, value in changes.items():  # numpy integers (np.int64(8)) become plain ints for TRL
+        if isinstance(value, numbers.Integral) and not isinstance(value, (bool, int)):
+            changes[key] = int(value)
     defaults = replace(profile, **{k: v for k, v in LAB_OVERRIDES.get(lab or "", {}).get(name, {}).items()
                                    if k in valid})
     resolved = replace(profile, **changes)

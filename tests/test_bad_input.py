@@ -248,3 +248,10 @@ def test_rewards_are_the_same_on_any_thread(completions):
     thread.start()
     thread.join()
     assert result["v"] == on_main
+
+
+def test_numpy_integers_are_accepted_as_plain_ints():
+    import numpy as np
+
+    profile = get_profile("cpu", lab="sft", batch_size=np.int64(8), max_steps=np.int32(3))
+    assert (profile.batch_size, profile.max_steps) == (8, 3) and type(profile.batch_size) is int
