@@ -156,6 +156,8 @@ LAB_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
             "80gb": {"batch_size": 8, "grad_accum": 2, "learning_rate": 5e-5, "max_steps": 28,
                      "eval_limit": 128}},
 }
+# Lab 08 trains DPO, KTO and ORPO on lab 03's budget (and runs its GRPO DDP demo on the CPU's tiny model).
+LAB_OVERRIDES["tools"] = {name: dict(sizes) for name, sizes in LAB_OVERRIDES["dpo"].items()}
 
 
 # Notebook parameters that are not profile fields (lab 07's MAX_N, ...): "default" holds the
@@ -178,7 +180,7 @@ NOTEBOOK_PARAMS: dict[str, dict[str, dict[str, Any]]] = {
 
 # The lab names get_profile knows (the `lab=` of labkit.runtime.setup, and the stage names): a typo
 # such as "gpro" must not quietly get another lab's sizes and memory plan.
-LABS = ("env", "base", "sft", "rm", "dpo", "ppo", "grpo", "grpo_compare", "best_of_n")
+LABS = ("env", "base", "sft", "rm", "dpo", "ppo", "grpo", "grpo_compare", "best_of_n", "tools")
 
 
 class ProfileError(ValueError):

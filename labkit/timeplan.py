@@ -42,11 +42,11 @@ BUDGET_MIN: dict[str, float] = {"t4": 45.0, "24gb": 20.0, "80gb": 30.0}
 
 # Lab keys (the `lab=` of each notebook's setup call) in course order, with their notebook numbers.
 LABS: dict[str, str] = {"env": "00", "sft": "01", "rm": "02", "dpo": "03", "ppo": "04", "grpo": "05",
-                        "grpo_compare": "06", "best_of_n": "07"}
+                        "grpo_compare": "06", "best_of_n": "07", "tools": "08"}
 # The stages each notebook loads with get_stage (their own upstream stages are added).
 LAB_STAGES: dict[str, tuple[str, ...]] = {
     "env": (), "sft": ("base",), "rm": ("sft",), "dpo": ("sft",), "ppo": ("sft", "rm"),
-    "grpo": ("sft",), "grpo_compare": ("sft",), "best_of_n": ("sft", "rm", "grpo"),
+    "grpo": ("sft",), "grpo_compare": ("sft",), "best_of_n": ("sft", "rm", "grpo"), "tools": ("sft",),
 }
 # The parameters a refusal may suggest lowering, per lab (names as in the parameters cell).
 KNOBS: dict[str, tuple[str, ...]] = {
@@ -55,6 +55,7 @@ KNOBS: dict[str, tuple[str, ...]] = {
     "grpo": ("MAX_STEPS", "EVAL_LIMIT", "EVAL_SAMPLES"),
     "grpo_compare": ("MAX_STEPS", "EVAL_LIMIT", "EVAL_SAMPLES"),
     "best_of_n": ("HARD_LIMIT", "MAX_N", "OTHER_LIMIT", "GRPO_N"),
+    "tools": ("MAX_STEPS", "EVAL_LIMIT"),
 }
 # Knobs that are profile fields (setup's overrides); the others are notebook parameters, whose
 # values per profile are labkit.profiles.NOTEBOOK_PARAMS.
@@ -271,6 +272,7 @@ class Run:
     forward: int = 0         # tokens through forward passes only
     loads: int = 0           # models loaded
     download_gb: float = 0.0  # hub downloads
+    cpu_s: float = 0.0       # CPU-side work that no GPU speeds up (lab 08's DDP demo, engine checks)
 
     @property
     def generated(self) -> int:
@@ -281,7 +283,7 @@ class Run:
         calls = math.ceil(self.gen_seqs / self.gen_batch) if self.gen_seqs else 0
         generate = calls * self.new_tokens * rates.decode_s(min(self.gen_batch, self.gen_seqs or 1))
         return (generate + self.trained / rates.train_tokens_per_s + self.forward / rates.forward_tokens_per_s
-                + self.loads * rates.load_s + self.download_gb * 1024 / DOWNLOAD_MB_S)
+                + self.loads * rates.load_s + self.download_gb * 1024 / DOWNLOAD_MB_S + self.cpu_s)
 
 
 @dataclass(frozen=True)
@@ -430,9 +432,24 @@ def _best_of_n_lab(p: Profile, q: dict) -> list[Run]:
             generate(f"greedy SFT and GRPO ({hard} questions each)", p, 2 * hard)]
 
 
+# Lab 08's CPU-side work, measured on 2 shared cores: the single and 2-process GRPO runs of the tiny
+# model (started together, ~35 s) and the engine schema checks (~25 s, plus ~30 s to build their
+# environment from PyPI the first time).
+TOOLS_CPU_S = 90.0
+
+
+def _tools_lab(p: Profile, q: dict) -> list[Run]:
+    tokens, held = steps_tokens(p, 2 * sizes(p).pair), heldout_pairs(p)
+    return [Run("DDP demo (tiny model, CPU) and engine schema checks", cpu_s=TOOLS_CPU_S),
+            Run(f"DPO, KTO and ORPO training (3 x {p.max_steps} steps)", trained=3 * tokens,
+                forward=2 * tokens, loads=4),  # reference passes: DPO and KTO (ORPO has none)
+            pair_scores("held-out pairs: SFT + 3 policies, each with the reference", p, held, passes=7),
+            generate(f"greedy eval of SFT + 3 policies ({p.eval_limit} questions each)", p, 4 * p.eval_limit)]
+
+
 LAB_RUNS: dict[str, Callable[[Profile, dict], list[Run]]] = {
     "env": lambda p, q: [], "sft": _sft_lab, "rm": _rm_lab, "dpo": _dpo_lab, "ppo": _ppo_lab,
-    "grpo": _grpo_lab, "grpo_compare": _grpo_compare_lab, "best_of_n": _best_of_n_lab,
+    "grpo": _grpo_lab, "grpo_compare": _grpo_compare_lab, "best_of_n": _best_of_n_lab, "tools": _tools_lab,
 }
 
 

@@ -75,6 +75,8 @@ EXPECTED_METRICS: dict[str, list[str]] = {
     "07_test_time_compute": ["pass_at_1", "best_of_16_oracle", "best_of_16_rm", "majority_of_16",
                              "oracle_gain_16", "grpo_pass_at_1", "rm_miss_rate_16",
                              "sft_majority_n_to_match_grpo"],
+    "08_tools": ["ddp_world_size", "ddp_loss_max_diff", "ddp_seconds", "single_seconds", "verl_overrides_ok",
+                 "openrlhf_args_ok", "deepspeed_configs_ok", "kto_heldout_pref_acc", "orpo_heldout_pref_acc"],
 }
 # Thresholds sit below the spread measured over 3 seeds x 2 CPU kernel sets (benchmarks/spread.md);
 # test_thresholds_sit_inside_the_measured_spread checks that they stay there.
@@ -89,6 +91,9 @@ MIN_VALUES: dict[str, dict[str, float]] = {
     # Best-of-16 with an exact-answer verifier over pass@1 on the hard level: 0.238-0.248 measured on the
     # shipped stages (the lab-07 issue's 0.3 was met by the earlier, machine-dependent tiny world).
     "07_test_time_compute": {"oracle_gain_16": 0.2},
+    # Lab 08: two DDP ranks sampling the single run's completions; all three engine checks pass.
+    "08_tools": {"ddp_world_size": 1.5, "ddp_same_completions": 0.9, "verl_overrides_ok": 0.9,
+                 "openrlhf_args_ok": 0.9, "deepspeed_configs_ok": 0.9, "kto_heldout_pref_acc": 0.8},
 }
 # Metric pairs (larger, smaller): on "cpu" the first must exceed the second. Each is a claim a
 # notebook's prose makes, and held in every measured run.
@@ -114,6 +119,9 @@ MUST_EXCEED: dict[str, list[tuple[str, str]]] = {
                              ("oracle_gain_level3", "oracle_gain_level2"), ("oracle_gain_level2", "oracle_gain_level1"),
                              ("majority_vote_gain_level3", "majority_vote_gain_level2"),
                              ("majority_vote_gain_level2", "majority_vote_gain_level1")],
+    "08_tools": [("kto_heldout_pref_acc", "orpo_heldout_pref_acc"), ("orpo_policy_pref_acc", "orpo_heldout_pref_acc"),
+                 ("heldout_acc_sft", "heldout_acc_kto"), ("heldout_acc_sft", "heldout_acc_orpo"),
+                 ("heldout_acc_kto", "heldout_acc_dpo"), ("heldout_acc_orpo", "heldout_acc_dpo")],
 }
 
 

@@ -139,11 +139,13 @@ def test_math_verify_errors_mean_no_match(monkeypatch):
     assert answers_match("\\frac{38}{2}", "19") is False
 
 
-def test_math_verify_time_limit(monkeypatch):
-    def slow_parse(*args, **kwargs):
-        while True:
-            time.sleep(0.01)
+def slow_parse(*args, **kwargs):
+    """A math-verify parse that never returns (only the time limit stops it)."""
+    while True:
+        time.sleep(0.01)
 
+
+def test_math_verify_time_limit(monkeypatch):
     monkeypatch.setattr(rewards, "parse", slow_parse)
     monkeypatch.setattr(rewards, "MATH_VERIFY_SECONDS", 0.05)
     start = time.perf_counter()
@@ -206,10 +208,6 @@ def test_numbers_after_an_exponent_still_count(text, expected):
 
 
 def test_math_verify_time_is_bounded_per_batch(monkeypatch):
-    def slow_parse(*args, **kwargs):
-        while True:
-            time.sleep(0.01)
-
     monkeypatch.setattr(rewards, "parse", slow_parse)
     monkeypatch.setattr(rewards, "MATH_VERIFY_SECONDS", 0.2)
     monkeypatch.setattr(rewards, "MATH_VERIFY_BATCH_SECONDS", 0.5)

@@ -28,7 +28,7 @@ NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 PROFILE_GPUS = {"t4": "t4", "24gb": "4090"}
 # Notebook parameters that shrink each lab's own loops to a few items.
 SMOKE_PARAMETERS = {"SAMPLE_QUESTIONS": 4, "SAMPLES_PER_QUESTION": 2, "EVAL_SAMPLES": 1, "MAX_N": 16,
-                    "OTHER_LIMIT": 4, "GRPO_N": 4}
+                    "OTHER_LIMIT": 4, "GRPO_N": 4, "DDP_STEPS": 2}
 NOTEBOOK_TIMEOUT_S = 1800
 
 
@@ -165,7 +165,7 @@ def test_emulated_fp16_amp_gives_trainers_a_grad_scaler(on_standin):
 @pytest.mark.standin
 @pytest.mark.parametrize("profile", sorted(PROFILE_GPUS))
 def test_every_stage_and_notebook_runs_on_the_gpu_profile(profile, on_standin, tmp_path):
-    """Build every stage as `lab.py course` does, then execute notebooks 00-07 (two at a time)."""
+    """Build every stage as `lab.py course` does, then execute notebooks 00-08 (two at a time)."""
     from labkit import stages
     from labkit.runtime import setup
 
