@@ -196,11 +196,12 @@ def load_jsonl(path: str | Path, schema: dict[str, Field]) -> list[dict]:
         raise FileNotFoundError(f"{path}: no such file")
     rows: list[dict] = []
     first_line_of_id: dict[str, int] = {}
-    for where, row in jsonl_lines(path):
+    # Without skip_blank, jsonl_lines yields one item per line (a blank one as an error), so the
+    # item's position is its line number.
+    for number, (where, row) in enumerate(jsonl_lines(path), start=1):
         if isinstance(row, DataError):
             raise row
         validate_row(row, schema, where)
-        number = int(where.rsplit(":", 1)[1])
         if row["id"] in first_line_of_id:
             raise DataError(f"{where}: duplicate id {row['id']!r} "
                             f"(first used on line {first_line_of_id[row['id']]})")
