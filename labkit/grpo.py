@@ -57,17 +57,32 @@ def rl_dataset(profile: Profile, split: str = "rl", levels: tuple[int, ...] | No
     return to_dataset(rows, lambda r: {"prompt": prompt_messages(r, profile.system_prompt)})
 
 
-def reward_setup(profile: Profile, overlong_fraction: float | None = None) -> tuple[list, list[float]]:
+def reward_setup(profile: Profile, overlong_fraction: float | None = None,
+                 wrong_length: bool = False) -> tuple[list, list[float]]:
     """(reward_funcs, reward_weights): format (weight 0.5) + accuracy (1.0), plus DAPO's soft
     overlong penalty over the last `overlong_fraction` of the generation budget when given
-    (CPU: 48 tokens, 1/3 -> the penalty starts after 32)."""
+    (CPU: 48 tokens, 1/3 -> the penalty starts after 32). wrong_length=True adds
+    `wrong_answer_length` with weight 0: it changes no reward, TRL just logs its mean each step."""
     funcs: list = [format_reward, accuracy_reward]
     weights = [FORMAT_WEIGHT, 1.0]
     if overlong_fraction:
         cache = max(1, int(profile.max_new_tokens * overlong_fraction))
         funcs.append(overlong_penalty(profile.max_new_tokens, cache))
         weights.append(1.0)
+    if wrong_length:
+        funcs.append(wrong_answer_length)
+        weights.append(0.0)
     return funcs, weights
+
+
+def wrong_answer_length(completions: list, answer: list, completion_ids: list | None = None,
+                        **_: Any) -> list[float | None]:
+    """A logging-only "reward": the token length of each wrong answer, None for a right one (TRL
+    averages with nanmean, so `rewards/wrong_answer_length/mean` is the mean length of the wrong
+    answers in the step). Give it weight 0."""
+    correct = accuracy_reward(completions, answer=answer)
+    lengths = [len(ids) for ids in completion_ids] if completion_ids is not None else [0] * len(completions)
+    return [None if ok else float(n) for ok, n in zip(correct, lengths)]
 
 
 def accumulation_steps(profile: Profile) -> int:
@@ -166,47 +181,114 @@ class Variant:
     """One algorithm of lab 06, as TRL settings plus labkit's dynamic sampling."""
     name: str
     description: str
-    loss_type: str = "grpo"                 # "grpo" | "dapo" | "dr_grpo" (ignored by RLOO)
+    loss_type: str = "grpo"                 # "grpo" | "dapo" | "dr_grpo" | "cispo" | "sapo" (ignored by RLOO)
     scale_rewards: str = "group"            # "group" | "batch" | "none"
-    epsilon_high: float | None = None       # None = symmetric clipping (0.2 / 0.2)
+    epsilon: float = 0.2                    # lower clipping bound 1 - epsilon
+    epsilon_high: float | None = None       # None = symmetric clipping (epsilon on both sides)
+    importance_sampling_level: str = "token"  # "sequence": GSPO's one ratio per answer
     overlong_fraction: float | None = None  # soft overlong penalty over this end part of the budget
     dynamic_sampling: bool = False          # replace zero-std groups with fresh prompts
     rloo: bool = False                      # TRL RLOOTrainer instead of GRPOTrainer
 
 
-VARIANTS: dict[str, Variant] = {
-    "grpo": Variant("grpo", "GRPO: group z-score, per-sequence mean, clip 0.2/0.2"),
-    "dapo": Variant("dapo", "DAPO: clip-higher 0.2/0.28, token-level mean, soft overlong penalty, "
-                            "dynamic sampling", loss_type="dapo", epsilon_high=0.28,
-                    overlong_fraction=1 / 3, dynamic_sampling=True),
-    "dr_grpo": Variant("dr_grpo", "Dr. GRPO: no std scaling, sum / (B x max_len)",
-                       loss_type="dr_grpo", scale_rewards="none"),
-    "rloo": Variant("rloo", "RLOO (TRL RLOOTrainer): leave-one-out baseline, sequence-level ratio",
-                    rloo=True),
-}
+# Lab 06's ablation: the first five add DAPO's techniques one at a time (lecture 4.3's table), the
+# rest are the other objectives on the same start, prompts and budget.
+VARIANTS: dict[str, Variant] = {v.name: v for v in (
+    Variant("grpo", "GRPO: group z-score, per-sequence mean, clip 0.2/0.2"),
+    Variant("clip_higher", "+ clip-higher: clip 0.2/0.28", epsilon_high=0.28),
+    Variant("dynamic", "+ dynamic sampling: zero-std groups replaced by fresh prompts", epsilon_high=0.28,
+            dynamic_sampling=True),
+    Variant("token_level", "+ token-level loss: one mean over all tokens of the batch", loss_type="dapo",
+            epsilon_high=0.28, dynamic_sampling=True),
+    Variant("dapo", "+ soft overlong penalty = DAPO", loss_type="dapo", epsilon_high=0.28,
+            overlong_fraction=1 / 3, dynamic_sampling=True),
+    Variant("dr_grpo", "Dr. GRPO: no std scaling, sum / (B x max_len)", loss_type="dr_grpo",
+            scale_rewards="none"),
+    Variant("rloo", "RLOO (TRL RLOOTrainer): leave-one-out baseline, sequence-level ratio", rloo=True),
+    Variant("reinforce_pp", "REINFORCE++-baseline: group mean removed, batch std", scale_rewards="batch"),
+    Variant("gspo", "GSPO: one length-normalised ratio per answer, clip 3e-4/4e-4",
+            importance_sampling_level="sequence", epsilon=3e-4, epsilon_high=4e-4),
+    Variant("cispo", "CISPO: detached ratio, capped at 5, times the log-prob",
+            loss_type="cispo", epsilon_high=5.0),
+    Variant("sapo", "SAPO: a soft sigmoid gate on the ratio instead of a hard clip", loss_type="sapo"),
+)}
+# The lecture's ladder: each adds one technique to the one before.
+DAPO_LADDER = ("grpo", "clip_higher", "dynamic", "token_level", "dapo")
+
+
+def variant_config(variant: Variant | str, profile: Profile, output_dir: str | Path, *,
+                   max_steps: int | None = None, seed: int = 0, wrong_length: bool = False,
+                   **overrides: Any) -> GRPOConfig | RLOOConfig:
+    """The TRL config one variant trains with (RLOOConfig for RLOO, else GRPOConfig); `overrides`
+    are further config fields shared by every variant (e.g. num_iterations=2)."""
+    v = VARIANTS[variant] if isinstance(variant, str) else variant
+    _, weights = reward_setup(profile, v.overlong_fraction, wrong_length)
+    if v.rloo:
+        args = _rl_args(profile, output_dir, max_steps, seed)
+        args.update(reward_weights=weights, epsilon=v.epsilon, epsilon_high=v.epsilon_high,
+                    normalize_advantages=False)
+        return RLOOConfig(**{**args, **overrides})
+    settings = dict(reward_weights=weights, loss_type=v.loss_type, scale_rewards=v.scale_rewards,
+                    epsilon=v.epsilon, epsilon_high=v.epsilon_high,
+                    importance_sampling_level=v.importance_sampling_level)
+    return grpo_config(profile, output_dir, max_steps=max_steps, seed=seed, **{**settings, **overrides})
 
 
 def make_trainer(variant: Variant | str, profile: Profile, model, tokenizer, train_dataset,
                  output_dir: str | Path, *, max_steps: int | None = None, seed: int = 0,
-                 peft_config=None, **overrides: Any):
-    """A TRL trainer for one variant on `model` (not trained yet: call .train()). `overrides` are
-    further GRPOConfig / RLOOConfig fields shared by every variant (e.g. num_iterations=2)."""
+                 peft_config=None, wrong_length: bool = False, **overrides: Any):
+    """A TRL trainer for one variant on `model` (not trained yet: call .train()), with the config
+    of `variant_config`; wrong_length=True logs the mean length of the wrong answers per step
+    (see reward_setup)."""
     v = VARIANTS[variant] if isinstance(variant, str) else variant
-    funcs, weights = reward_setup(profile, v.overlong_fraction)
+    funcs, _ = reward_setup(profile, v.overlong_fraction, wrong_length)
+    config = variant_config(v, profile, output_dir, max_steps=max_steps, seed=seed, wrong_length=wrong_length,
+                            **overrides)
     common = dict(model=model, reward_funcs=funcs, train_dataset=train_dataset,
                   processing_class=tokenizer, peft_config=peft_config)
     if v.rloo:
-        args = _rl_args(profile, output_dir, max_steps, seed)
-        args.update(reward_weights=weights, epsilon=0.2, epsilon_high=v.epsilon_high,
-                    normalize_advantages=False)
-        config = RLOOConfig(**{**args, **overrides})
         return RLOOTrainer(args=config, **common)
-    settings = dict(reward_weights=weights, loss_type=v.loss_type, scale_rewards=v.scale_rewards,
-                    epsilon_high=v.epsilon_high)
-    config = grpo_config(profile, output_dir, max_steps=max_steps, seed=seed, **{**settings, **overrides})
     if v.dynamic_sampling:
         return DynamicSamplingGRPOTrainer(args=config, **common)
     return GRPOTrainer(args=config, **common)
+
+
+# ---------------------------------------------------------------- where a step's time goes
+
+
+class StepTimer:
+    """Times the parts of GRPO/RLOO training on one trainer: generation, reward scoring, the rest of
+    building a batch (old / reference log-probs, advantages) and the update (forward, backward,
+    optimizer). Wraps the trainer's own methods on the instance; numbers are unchanged.
+
+        timer = StepTimer(trainer); trainer.train(); timer.table()
+    """
+
+    PARTS = ("generation", "scoring", "log-probs + advantages", "update (forward + backward + optimizer)")
+
+    def __init__(self, trainer) -> None:
+        import time
+
+        self.seconds = dict.fromkeys(("_generate", "_calculate_rewards", "_generate_and_score_completions",
+                                      "training_step"), 0.0)
+        for name in self.seconds:
+            original = getattr(trainer, name)
+
+            def timed(*args: Any, _original=original, _name=name, **kwargs: Any) -> Any:
+                start = time.perf_counter()
+                try:
+                    return _original(*args, **kwargs)
+                finally:
+                    self.seconds[_name] += time.perf_counter() - start
+
+            setattr(trainer, name, timed)
+
+    def table(self) -> dict[str, float]:
+        """Seconds per part (the four PARTS add up to the time spent in training steps)."""
+        t = self.seconds
+        batch = t["_generate_and_score_completions"]
+        return dict(zip(self.PARTS, (t["_generate"], t["_calculate_rewards"],
+                                     batch - t["_generate"] - t["_calculate_rewards"], t["training_step"] - batch)))
 
 
 # ---------------------------------------------------------------- dynamic sampling

@@ -78,15 +78,20 @@ _YLABEL_RULES: list[tuple[str, str]] = [
     ("rewards/accuracies", "准确率 accuracy"),
     ("*accuracy", "准确率 accuracy"),
     ("rewards/*/std", "奖励标准差 reward std"),
-    ("*reward*", "奖励 reward"),
-    ("*margin*", "奖励差 margin"),
+    # before "*reward*": frac_reward_zero_std is a share of groups, wrong_answer_length a length
     ("*ratio*", "比例 fraction"),
     ("*frac*", "比例 fraction"),
+    ("*length*", "长度 (tokens)"),
+    ("rewards/accuracy*", "正确率 accuracy"),
+    ("*reward*", "奖励 reward"),
+    ("*margin*", "奖励差 margin"),
     ("format", "比例 fraction"),
     ("value_mean", "价值 value (reward)"),
     ("learning_rate", "学习率 learning rate"),
     ("grad_norm", "梯度范数 grad norm"),
 ]
+
+_LINE_STYLES = ("-", "--", ":", "-.")
 
 # End-of-training summary entry (Trainer._finalize_training); not a curve.
 _SUMMARY_KEYS = ("train_loss", "total_flos")
@@ -232,10 +237,11 @@ def plot_metrics(
             steps = [step for step, _ in frame[key]]
             values = [value for _, value in frame[key]]
             marker = "o" if len(steps) == 1 else None
+            style = _LINE_STYLES[i // 10 % len(_LINE_STYLES)]  # past 10 runs the colours repeat
             if smooth > 0:
-                ax.plot(steps, values, color=f"C{i}", alpha=0.25, linewidth=1)
+                ax.plot(steps, values, color=f"C{i % 10}", alpha=0.25, linewidth=1)
                 values = ema(values, smooth)
-            ax.plot(steps, values, color=f"C{i}", marker=marker, label=run_name or None)
+            ax.plot(steps, values, color=f"C{i % 10}", linestyle=style, marker=marker, label=run_name or None)
         ax.set_title(name if name == key else f"{name} [{key}]")
         ax.set_xlabel(X_LABEL)
         ax.set_ylabel(_ylabel(key))
@@ -251,9 +257,11 @@ def plot_metrics(
 
 
 def plot_bars(
-    values: Mapping[str, float], title: str, ylabel: str, save: str | Path | None = None
+    values: Mapping[str, float], title: str, ylabel: str, save: str | Path | None = None,
+    errors: Mapping[str, float] | None = None,
 ) -> Figure:
-    """Bar chart of {label: value}, e.g. accuracy before/after training, values written on the bars."""
+    """Bar chart of {label: value}, e.g. accuracy before/after training, values written on the bars.
+    errors: {label: standard error} drawn as error bars (labels without one get none)."""
     setup_chinese_font()
     if not values:
         raise PlottingError("values is empty: pass e.g. {'训练前': 0.31, '训练后': 0.58}.")
@@ -261,8 +269,17 @@ def plot_bars(
     if bad:
         raise PlottingError(f"plot_bars needs numeric values, got {bad!r}.")
     fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(values) + 2), 3.5), layout="constrained")
-    bars = ax.bar(list(values), [float(v) for v in values.values()], color=[f"C{i}" for i in range(len(values))])
-    ax.bar_label(bars, fmt="%.3g")
+    yerr = None
+    if errors:
+        bad = {k: v for k, v in errors.items() if k not in values or not _is_number(v)}
+        if bad:
+            raise PlottingError(f"errors must be numbers for labels in values, got {bad!r}.")
+        yerr = [float(errors.get(k, 0.0)) for k in values]
+    bars = ax.bar(list(values), [float(v) for v in values.values()], color=[f"C{i % 10}" for i in range(len(values))],
+                  yerr=yerr, capsize=4 if yerr else 0)
+    ax.bar_label(bars, fmt="%.3g", padding=2)
+    if len(values) > 6:
+        ax.tick_params(axis="x", labelrotation=30)
     ax.set_title(title)
     ax.set_ylabel(ylabel)
     ax.grid(axis="y", alpha=0.3)

@@ -169,8 +169,16 @@ NOTEBOOK_PARAMS: dict[str, dict[str, dict[str, Any]]] = {
     "dpo": {"default": {"SWEEP_BETAS": (0.03, 0.5)}, "t4": {"SWEEP_BETAS": (0.5,)},
             "24gb": {"SWEEP_BETAS": (0.5,)}},
     "ppo": {"default": {"NUM_PPO_EPOCHS": 2}},
-    "grpo": {"default": {"EVAL_SAMPLES": 4, "BETA": 0.04}},
-    "grpo_compare": {"default": {"EVAL_SAMPLES": 2, "VARIANTS": ("grpo", "dapo", "dr_grpo", "rloo")}},
+    # Lab 05 on cpu: 8 samples per held-out question (less sampling noise in its gain over SFT);
+    # GPU profiles sample 4 to stay within their time plan.
+    "grpo": {"default": {"EVAL_SAMPLES": 8, "BETA": 0.04},
+             **{gpu: {"EVAL_SAMPLES": 4} for gpu in ("t4", "24gb", "80gb")}},
+    # Lab 06: the whole ablation (labkit.grpo.VARIANTS) on the CPU; GPU profiles train four of them
+    # by default to stay within their time plan (VARIANTS in the parameters cell runs more).
+    "grpo_compare": {"default": {"EVAL_SAMPLES": 2, "VARIANTS": (
+                         "grpo", "clip_higher", "dynamic", "token_level", "dapo", "dr_grpo", "rloo",
+                         "reinforce_pp", "gspo", "cispo", "sapo")},
+                     **{gpu: {"VARIANTS": ("grpo", "dapo", "dr_grpo", "rloo")} for gpu in ("t4", "24gb", "80gb")}},
     "best_of_n": {"default": {"MAX_N": 32, "OTHER_LIMIT": 64, "GRPO_N": 16},
                   "t4": {"MAX_N": 16, "OTHER_LIMIT": 16, "GRPO_N": 8},
                   "24gb": {"MAX_N": 16, "OTHER_LIMIT": 16, "GRPO_N": 8},

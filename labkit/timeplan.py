@@ -409,10 +409,17 @@ def _grpo_lab(p: Profile, q: dict) -> list[Run]:
 
 
 def _grpo_compare_lab(p: Profile, q: dict) -> list[Run]:
+    from labkit.ablation import NUM_ITERATIONS
+    from labkit.grpo import VARIANTS
+
     names, k = tuple(q["VARIANTS"]), max(1, q["EVAL_SAMPLES"])
-    one = grpo_train("", p, reference=False)
+    # NUM_ITERATIONS updates per generated batch: one generate call (and one old-log-prob pass) per
+    # NUM_ITERATIONS optimizer steps
+    one = grpo_train("", p, reference=True, gen_factor=1 / NUM_ITERATIONS)
+    one = replace(one, forward=round(one.forward / NUM_ITERATIONS))
     # DAPO's dynamic sampling regenerates the groups whose samples all agree
-    extra = round(one.gen_seqs * (DYNAMIC_SAMPLING_FACTOR - 1)) if "dapo" in names else 0
+    dynamic = sum(VARIANTS[name].dynamic_sampling for name in names)
+    extra = round(dynamic * one.gen_seqs * (DYNAMIC_SAMPLING_FACTOR - 1))
     train = replace(one, name=f"{len(names)} variants' training{one.name}", loads=len(names),
                     gen_seqs=len(names) * one.gen_seqs + extra, trained=len(names) * one.trained,
                     forward=len(names) * one.forward)

@@ -175,7 +175,8 @@ def test_make_trainer_maps_each_variant_to_trl(tiny_policy, tmp_path):
         assert trainer.reward_func_names[-1] == ("overlong_penalty" if name == "dapo" else "accuracy_reward")
     rloo = make_trainer("rloo", profile, model, tok, data, tmp_path / "rloo")
     assert isinstance(rloo, RLOOTrainer) and rloo.args.normalize_advantages is False
-    assert set(VARIANTS) == {"grpo", "dapo", "dr_grpo", "rloo"}
+    assert set(VARIANTS) == {"grpo", "clip_higher", "dynamic", "token_level", "dapo", "dr_grpo", "rloo",
+                             "reinforce_pp", "gspo", "cispo", "sapo"}
 
 
 def test_dynamic_sampling_replaces_zero_std_groups_in_a_short_run(tiny_policy, tmp_path):
@@ -220,3 +221,50 @@ def test_dynamic_sampling_keeps_groups_with_a_spread(tiny_policy, tmp_path, monk
     assert calls == [16, 16]
     assert trainer._metrics["train"]["dynamic/frac_zero_std_after"] == [0.0]
     assert (batch["advantages"].abs() > 0.5).all()        # every group now has a spread
+
+
+def test_every_variant_config_says_what_its_row_of_the_ablation_changes(tmp_path):
+    """Each variant's TRL config differs from the one before it in the DAPO ladder by exactly its technique."""
+    from labkit.grpo import DAPO_LADDER, variant_config
+
+    profile = get_profile("cpu", lab="grpo_compare", max_steps=1)
+    fields = ("loss_type", "scale_rewards", "epsilon", "epsilon_high", "importance_sampling_level", "reward_weights",
+              "num_iterations")
+    cfg = {n: variant_config(n, profile, tmp_path / n, num_iterations=2) for n in VARIANTS}
+    got = {n: {f: getattr(c, f, None) for f in fields} for n, c in cfg.items()}
+    assert all(g["num_iterations"] == 2 for g in got.values())
+    changes = [{f for f in fields if got[a][f] != got[b][f]} for a, b in zip(DAPO_LADDER, DAPO_LADDER[1:])]
+    assert changes == [{"epsilon_high"}, set(), {"loss_type"}, {"reward_weights"}]  # dynamic: the trainer class
+    assert VARIANTS["dynamic"].dynamic_sampling and not VARIANTS["clip_higher"].dynamic_sampling
+    assert got["reinforce_pp"]["scale_rewards"] == "batch" and got["reinforce_pp"]["loss_type"] == "grpo"
+    assert (got["gspo"]["importance_sampling_level"], got["gspo"]["epsilon"], got["gspo"]["epsilon_high"]) == (
+        "sequence", 3e-4, 4e-4)
+    assert (got["cispo"]["loss_type"], got["cispo"]["epsilon_high"]) == ("cispo", 5.0)
+    assert got["sapo"]["loss_type"] == "sapo"
+    assert isinstance(cfg["rloo"], RLOOConfig)
+    assert got["dapo"]["reward_weights"] == [0.5, 1.0, 1.0]
+
+
+def test_wrong_answer_length_logs_only_wrong_answers_and_changes_no_reward():
+    from labkit.grpo import reward_setup, wrong_answer_length
+
+    got = wrong_answer_length(["<think>1+1=2</think> \\boxed{2}", "\\boxed{3}", "garbage"], answer=["2", "2", "2"],
+                              completion_ids=[[1] * 9, [1] * 4, [1] * 7])
+    assert got == [None, 4.0, 7.0]
+    profile = get_profile("cpu", lab="grpo_compare", max_steps=1)
+    funcs, weights = reward_setup(profile, wrong_length=True)
+    assert funcs[-1] is wrong_answer_length and weights[-1] == 0.0
+
+
+def test_step_timer_splits_a_short_run_and_changes_nothing(tiny_policy, tmp_path):
+    from labkit.grpo import StepTimer
+
+    model, tok = tiny_policy
+    profile = get_profile("cpu", lab="grpo_compare", max_steps=1, rollout_batch_size=2, batch_size=16,
+                          max_new_tokens=4)
+    trainer = make_trainer("grpo", profile, model, tok, rl_dataset(profile, limit=8), tmp_path)
+    timer = StepTimer(trainer)
+    trainer.train()
+    parts = timer.table()
+    assert list(parts) == list(StepTimer.PARTS)
+    assert all(v >= 0 for v in parts.values()) and parts["generation"] > 0 and parts[StepTimer.PARTS[-1]] > 0

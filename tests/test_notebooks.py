@@ -62,6 +62,8 @@ SPREAD: dict[str, dict[str, dict]] = (json.loads(SPREAD_PATH.read_text(encoding=
                                       if SPREAD_PATH.exists() else {})
 
 # Headline metrics each notebook must record (labkit.metrics.record) and minimum values on "cpu".
+ABLATION = ("grpo", "clip_higher", "dynamic", "token_level", "dapo", "dr_grpo", "rloo", "reinforce_pp", "gspo",
+            "cispo", "sapo")
 EXPECTED_METRICS: dict[str, list[str]] = {
     "00_environment": ["profile", "oom_plan_gib", "fixed_plan_gib", "tiny_params"],
     "01_sft": ["heldout_acc_before", "heldout_acc_after", "format_rate_after"],
@@ -69,9 +71,10 @@ EXPECTED_METRICS: dict[str, list[str]] = {
     "03_dpo": ["dpo_heldout_pref_acc", "dpo_margin_start", "dpo_margin_end", "heldout_acc_sft",
                "heldout_acc_dpo"],
     "04_ppo": ["rm_score_start", "rm_score_end", "kl_end", "heldout_acc_before", "heldout_acc_after"],
-    "05_grpo": ["heldout_acc_before", "heldout_acc_after", "reward_start", "reward_end", "kl_end"],
-    "06_grpo_variants": [f"{m}_{v}" for v in ("grpo", "dapo", "dr_grpo", "rloo")
-                         for m in ("heldout_acc", "mean_len")] + ["dapo_extra_prompts"],
+    "05_grpo": ["heldout_acc_before", "heldout_acc_after", "reward_start", "reward_end", "kl_end", "len_start",
+                "len_end", "heldout_gain"],
+    "06_grpo_variants": [f"{m}_{v}" for v in ABLATION for m in ("heldout_acc", "heldout_se", "entropy_end", "wrong_len_end")]
+                        + [f"clip_ratio_{v}" for v in ABLATION if v != "sapo"] + ["dapo_extra_prompts", "ablation_seeds"],
     "07_test_time_compute": ["pass_at_1", "best_of_16_oracle", "best_of_16_rm", "majority_of_16",
                              "oracle_gain_16", "grpo_pass_at_1", "rm_miss_rate_16",
                              "sft_majority_n_to_match_grpo"],
@@ -85,9 +88,13 @@ MIN_VALUES: dict[str, dict[str, float]] = {
     "02_reward_model": {"rm_heldout_pair_acc": 0.9},
     "03_dpo": {"dpo_heldout_pref_acc": 0.8},
     "04_ppo": {"kl_end": 0.05},
-    "05_grpo": {"heldout_acc_after": 0.85},
-    "06_grpo_variants": {"dapo_extra_prompts": 1, "heldout_acc_grpo": 0.5, "heldout_acc_dapo": 0.5,
-                         "heldout_acc_dr_grpo": 0.5, "heldout_acc_rloo": 0.5},
+    # Lab 05: +0.15 sampled held-out accuracy over the SFT start is checked on every measured run
+    # (EVERY_RUN below); this CI threshold sits a little lower, as test_thresholds_sit_inside... asks.
+    "05_grpo": {"heldout_acc_after": 0.85, "heldout_gain": 0.145},
+    # Lab 06: every variant on the cpu profile, seed means over >= 3 seeds (benchmarks/ablation.json), and
+    # num_iterations=2 makes the clip act (it was 0 on every step with 1).
+    "06_grpo_variants": {"dapo_extra_prompts": 1, "ablation_seeds": 3, "clip_ratio_grpo": 1e-4, "clip_ratio_rloo": 1e-3,
+                         **{f"heldout_acc_{v}": 0.5 for v in ABLATION}},
     # Best-of-16 with an exact-answer verifier over pass@1 on the hard level: 0.238-0.248 measured on the
     # shipped stages (the lab-07 issue's 0.3 was met by the earlier, machine-dependent tiny world).
     "07_test_time_compute": {"oracle_gain_16": 0.2},
@@ -95,6 +102,8 @@ MIN_VALUES: dict[str, dict[str, float]] = {
     "08_tools": {"ddp_world_size": 1.5, "ddp_same_completions": 0.9, "verl_overrides_ok": 0.9,
                  "openrlhf_args_ok": 0.9, "deepspeed_configs_ok": 0.9, "kto_heldout_pref_acc": 0.8},
 }
+# Bars a notebook's prose or an issue states, held by every run of the spread (3 seeds x 2 kernels).
+EVERY_RUN: dict[str, dict[str, float]] = {"05_grpo": {"heldout_gain": 0.15}}
 # Metric pairs (larger, smaller): on "cpu" the first must exceed the second. Each is a claim a
 # notebook's prose makes, and held in every measured run.
 MUST_EXCEED: dict[str, list[tuple[str, str]]] = {
@@ -110,9 +119,10 @@ MUST_EXCEED: dict[str, list[tuple[str, str]]] = {
     "05_grpo": [("heldout_acc_after", "heldout_acc_before"), ("greedy_acc_after", "greedy_acc_before"),
                 ("reward_end", "reward_start"), ("entropy_start", "entropy_end"),
                 ("frac_zero_std_end", "frac_zero_std_start")],
-    "06_grpo_variants": [*[(f"heldout_acc_{v}", "heldout_acc_sft") for v in ("grpo", "dapo", "dr_grpo", "rloo")],
-                         *[("heldout_acc_dapo", f"heldout_acc_{v}") for v in ("grpo", "dr_grpo", "rloo")],
-                         ("dapo_zero_std_sampled", "dapo_zero_std_trained")],
+    # the DAPO ladder's end beats its start, and dynamic sampling adds accuracy over clip-higher alone
+    "06_grpo_variants": [("heldout_acc_dapo", "heldout_acc_grpo"), ("heldout_acc_dynamic", "heldout_acc_clip_higher"),
+                         ("heldout_acc_token_level", "heldout_acc_grpo"), ("clip_ratio_gspo", "clip_ratio_grpo"),
+                         ("clip_ratio_rloo", "clip_ratio_grpo")],
     "07_test_time_compute": [("best_of_16_oracle", "pass_at_1"), ("majority_of_16", "pass_at_1"),
                              ("grpo_pass_at_1", "pass_at_1"), ("pass_at_1", "best_of_16_rm"),
                              ("majority_of_16", "weighted_of_16"), ("weighted_of_16", "best_of_16_rm"),
@@ -381,6 +391,13 @@ def test_committed_metrics_lie_in_the_measured_spread(script):
             problems.append(f"{name}={value} outside the measured [{measured['min']}, {measured['max']}]")
     assert not problems, (f"{script.stem}: {problems}; re-measure with `python benchmarks/spread.py run` "
                           "and `python benchmarks/spread.py table`")
+
+
+def test_stated_bars_held_in_every_measured_run():
+    for notebook, bars in EVERY_RUN.items():
+        for name, bar in bars.items():
+            values = SPREAD[notebook][name]["values"]
+            assert len(values) >= 6 and all(v >= bar for v in values.values()), (notebook, name, values)
 
 
 def test_thresholds_sit_inside_the_measured_spread():

@@ -359,3 +359,27 @@ def test_font_file_has_the_glyphs_and_stays_small():
     assert len(level1) == 3755
     assert all(ord(c) in cmap for c in level1)
     assert "𠀀" not in {chr(cp) for cp in cmap}
+
+
+def test_shares_and_lengths_are_not_labelled_as_rewards():
+    from labkit.plotting import _ylabel
+
+    assert _ylabel("frac_reward_zero_std") == "比例 fraction"
+    assert _ylabel("rewards/wrong_answer_length/mean") == "长度 (tokens)"
+    assert _ylabel("rewards/accuracy_reward/mean") == "正确率 accuracy"
+    assert _ylabel("rewards/format_reward/mean") == "奖励 reward"
+
+
+def test_plot_bars_draws_error_bars_and_refuses_bad_ones():
+    import matplotlib.pyplot as plt
+
+    from labkit.plotting import PlottingError, plot_bars
+
+    fig = plot_bars({"a": 0.5, "b": 0.7}, title="t", ylabel="y", errors={"a": 0.02})
+    from matplotlib.container import BarContainer
+
+    bars = [c for c in fig.axes[0].containers if isinstance(c, BarContainer)]
+    assert bars and bars[0].errorbar is not None
+    plt.close(fig)
+    with pytest.raises(PlottingError, match="errors"):
+        plot_bars({"a": 0.5}, title="t", ylabel="y", errors={"c": 0.1})
