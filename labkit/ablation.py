@@ -159,12 +159,18 @@ ROW_FIELDS = ("acc", "mean_len", "wrong_len", "entropy_end", "clip_ratio", "wron
 
 def budget_key(profile: Profile, names: tuple[str, ...] | list[str], eval_samples: int,
                num_iterations: int) -> dict[str, Any]:
-    """What must match for benchmark rows to be comparable with a notebook's own run."""
+    """What must match for benchmark rows to be comparable with a notebook's own run: the budget,
+    the SFT start (its stage recipe) and, on the kit's data, the prompt and held-out files."""
+    from labkit.data import DATA_DIR
+    from labkit.stages import _file_hash, stage_key
+
+    data = ({f: _file_hash(DATA_DIR / f)[:16] for f in ("rl.jsonl", "eval.jsonl")}
+            if profile.dataset == "kit" else {})
     return {"profile": profile.name, "model_id": profile.model_id, "max_steps": profile.max_steps,
             "rollout_batch_size": profile.rollout_batch_size, "num_generations": profile.num_generations,
             "learning_rate": profile.learning_rate, "max_new_tokens": profile.max_new_tokens,
             "eval_limit": profile.eval_limit, "eval_samples": eval_samples, "num_iterations": num_iterations,
-            "variants": list(names)}
+            "variants": list(names), "sft_stage": stage_key("sft", profile), "data": data}
 
 
 def load_benchmark(key: dict[str, Any], path: Path = BENCHMARK_PATH) -> list[dict[str, Any]]:

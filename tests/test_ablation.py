@@ -88,3 +88,21 @@ def test_a_variant_gives_the_same_result_in_a_worker_process(tmp_path):
     for name in names:
         assert {k: v for k, v in here[name].items() if k not in ("history", "train_s")} == pytest.approx(
             {k: v for k, v in there[name].items() if k not in ("history", "train_s")}, nan_ok=True)
+
+
+def test_budget_key_changes_with_the_prompts_or_the_sft_start(tmp_path, monkeypatch):
+    import shutil
+
+    import labkit.data
+    import labkit.stages
+
+    profile = get_profile("cpu", lab="grpo_compare")
+    key = budget_key(profile, ("grpo",), 2, 2)
+    for path in labkit.data.DATA_DIR.glob("*.jsonl"):   # the SFT stage's recipe hashes its data too
+        shutil.copy(path, tmp_path / path.name)
+    with open(tmp_path / "rl.jsonl", "a", encoding="utf-8") as f:
+        f.write("\n")
+    monkeypatch.setattr(labkit.data, "DATA_DIR", tmp_path)
+    assert budget_key(profile, ("grpo",), 2, 2)["data"] != key["data"]
+    monkeypatch.setattr(labkit.stages, "stage_key", lambda name, prof: "another-sft")
+    assert budget_key(profile, ("grpo",), 2, 2)["sft_stage"] == "another-sft"
