@@ -115,7 +115,7 @@ from labkit.evaluate import evaluate_accuracy
 from labkit.grpo import DAPO_LADDER, TRAIN_LEVELS, VARIANTS as ALL_VARIANTS, rl_dataset, variant_config
 from labkit.hardware import detect
 from labkit.models import load_model, load_tokenizer, lora_config
-from labkit.plotting import plot_bars, plot_curves, plot_metrics
+from labkit.plotting import ema, plot_bars, plot_curves, plot_metrics
 from labkit.preflight import preflight
 from labkit.rewards import overlong_penalty
 from labkit.stages import get_stage, model_path
@@ -365,12 +365,9 @@ if len(pair) == 2:
 
 # %%
 def smoothed(history: list[dict], key: str, factor: float = 0.6) -> tuple[list[int], list[float]]:
+    """(steps, EMA-smoothed values) of one logged metric (labkit.plotting.ema, as the curves use)."""
     points = [(h["step"], h[key]) for h in history if key in h]
-    out, value = [], None
-    for _, v in points:
-        value = v if value is None else factor * value + (1 - factor) * v
-        out.append(value)
-    return [s for s, _ in points], out
+    return [s for s, _ in points], ema([v for _, v in points], factor)
 
 
 if {"clip_higher", "dynamic"} <= set(histories):
