@@ -192,14 +192,18 @@ def plot_metrics(
     title: str | None = None,
     save: str | Path | None = None,
     ncols: int = 3,
+    baseline: str | None = None,
 ) -> Figure:
     """Plot metrics against step: one subplot per metric, one line per run.
 
     runs: one log_history, or {run_name: log_history} to compare runs.
     metrics: aliases (METRIC_ALIASES), raw keys, or glob patterns such as
-    "rewards/*/mean" (one subplot per matching key).
+    "rewards/*/mean" (one subplot per matching key); a tuple of names is one
+    subplot with those metrics overlaid, e.g. ("rewards/chosen", "rewards/rejected").
     smooth: EMA factor in [0, 1); when > 0 the raw curve is drawn faintly
     and the smoothed one solid.
+    baseline: a run name of `runs`; every other run is drawn as its difference
+    to that run at the same steps (curves that coincide become visible).
     """
     setup_chinese_font()
     _check_smooth(smooth)
@@ -217,36 +221,51 @@ def plot_metrics(
         frames = {"": history_frame(runs)}
 
     available = {key for frame in frames.values() for key in frame}
-    panels: list[tuple[str, str]] = []  # (requested name, raw key)
+    panels: list[tuple[str, list[str]]] = []  # (panel title, raw keys drawn in it)
     for name in metrics:
-        panels.extend((name, key) for key in resolve_metric(name, available))
+        if isinstance(name, (tuple, list)):
+            keys = [key for part in name for key in resolve_metric(part, available)]
+            panels.append((" vs ".join(name), keys))
+        else:
+            panels.extend((name if name == key else f"{name} [{key}]", [key]) for key in resolve_metric(name, available))
+    if baseline is not None:
+        if baseline not in frames or len(frames) < 2:
+            raise PlottingError(f"baseline={baseline!r} must name one of several runs, got runs {list(frames)}.")
+        base = frames.pop(baseline)
+        frames = {name: _difference(frame, base) for name, frame in frames.items()}
 
-    ncols = min(ncols, len(panels))
-    nrows = math.ceil(len(panels) / ncols)
+    nrows, ncols = _grid(len(panels), ncols)
     fig, axes = plt.subplots(nrows, ncols, squeeze=False, figsize=(4.5 * ncols, 3.3 * nrows), layout="constrained")
     axes = axes.ravel()
     for ax in axes[len(panels) :]:
         fig.delaxes(ax)
 
-    for ax, (name, key) in zip(axes, panels):
+    for ax, (panel_title, keys) in zip(axes, panels):
         missing = []
-        for i, (run_name, frame) in enumerate(frames.items()):
-            if key not in frame:
-                missing.append(run_name)
-                continue
-            steps = [step for step, _ in frame[key]]
-            values = [value for _, value in frame[key]]
-            marker = "o" if len(steps) == 1 else None
-            style = _LINE_STYLES[i // 10 % len(_LINE_STYLES)]  # past 10 runs the colours repeat
-            if smooth > 0:
-                ax.plot(steps, values, color=f"C{i % 10}", alpha=0.25, linewidth=1)
-                values = ema(values, smooth)
-            ax.plot(steps, values, color=f"C{i % 10}", linestyle=style, marker=marker, label=run_name or None)
-        ax.set_title(name if name == key else f"{name} [{key}]")
+        for j, key in enumerate(keys):
+            for i, (run_name, frame) in enumerate(frames.items()):
+                if key not in frame:
+                    missing.append(run_name or key)
+                    continue
+                steps = [step for step, _ in frame[key]]
+                values = [value for _, value in frame[key]]
+                marker = "o" if len(steps) == 1 else None
+                # one run: a colour per metric; several runs: a colour per run, a line style per metric
+                colour = f"C{(j if len(frames) == 1 else i) % 10}"
+                style = _LINE_STYLES[(i // 10 + (j if len(frames) > 1 else 0)) % len(_LINE_STYLES)]
+                label = " · ".join(part for part in (run_name, key if len(keys) > 1 else "") if part) or None
+                if smooth > 0:
+                    ax.plot(steps, values, color=colour, alpha=0.25, linewidth=1)
+                    values = ema(values, smooth)
+                ax.plot(steps, values, color=colour, linestyle=style, marker=marker, label=label)
+        ax.set_title(panel_title)
         ax.set_xlabel(X_LABEL)
-        ax.set_ylabel(_ylabel(key))
+        ylabel = _ylabel(keys[0])
+        ax.set_ylabel(f"Δ vs {baseline}: {ylabel}" if baseline is not None else ylabel)
+        if baseline is not None:
+            ax.axhline(0.0, color="grey", linewidth=0.8)
         ax.grid(alpha=0.3)
-        if len(frames) > 1:
+        if len(frames) > 1 or len(keys) > 1:
             ax.legend(fontsize="small")
         if missing:
             ax.text(0.02, 0.02, "无数据 no data: " + ", ".join(missing), transform=ax.transAxes, fontsize="small")
@@ -283,6 +302,92 @@ def plot_bars(
     ax.set_title(title)
     ax.set_ylabel(ylabel)
     ax.grid(axis="y", alpha=0.3)
+    _save(fig, save)
+    return fig
+
+
+def plot_grouped_bars(
+    groups: Mapping[str, Mapping[str, float]],
+    title: str,
+    ylabel: str,
+    *,
+    xlabel: str = "",
+    errors: Mapping[str, Mapping[str, float]] | None = None,
+    save: str | Path | None = None,
+) -> Figure:
+    """Bars clustered by group, one colour per series with a legend, values written on the bars.
+
+    groups: {group: {series: value}}, e.g. {"难度 1": {"SFT": 0.99, "DPO": 0.52}, "难度 2": {...}};
+    a series missing from a group leaves a gap. errors: the same shape, standard errors as error bars.
+    """
+    setup_chinese_font()
+    if not groups or not any(groups.values()):
+        raise PlottingError("groups is empty: pass e.g. {'难度 1': {'SFT': 0.9, 'DPO': 0.5}}.")
+    bad = {(g, k): v for g, row in groups.items() for k, v in row.items() if not _is_number(v)}
+    if bad:
+        raise PlottingError(f"plot_grouped_bars needs numeric values, got {bad!r}.")
+    errors = errors or {}
+    bad = {(g, k): v for g, row in errors.items() for k, v in row.items()
+           if k not in groups.get(g, {}) or not _is_number(v)}
+    if bad:
+        raise PlottingError(f"errors must be numbers for (group, series) pairs in groups, got {bad!r}.")
+    series = list(dict.fromkeys(k for row in groups.values() for k in row))
+    width = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(max(4.5, 0.9 * len(groups) * len(series) + 2.5), 3.6), layout="constrained")
+    for j, name in enumerate(series):
+        xs = [i + (j - (len(series) - 1) / 2) * width for i, row in enumerate(groups.values()) if name in row]
+        ys = [float(row[name]) for row in groups.values() if name in row]
+        yerr = [float(errors.get(g, {}).get(name, 0.0)) for g, row in groups.items() if name in row]
+        bars = ax.bar(xs, ys, width=width, color=f"C{j % 10}", label=name,
+                      yerr=yerr if any(yerr) else None, capsize=3 if any(yerr) else 0)
+        ax.bar_label(bars, fmt="%.3g", padding=2, fontsize="small")
+    ax.set_xticks(range(len(groups)), list(groups))
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    if xlabel:
+        ax.set_xlabel(xlabel)
+    ax.margins(y=0.12)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    _save(fig, save)
+    return fig
+
+
+def plot_twin(
+    xs: Sequence[float],
+    left: Mapping[str, Sequence[float]],
+    right: Mapping[str, Sequence[float]],
+    *,
+    title: str,
+    xlabel: str,
+    left_label: str,
+    right_label: str,
+    save: str | Path | None = None,
+) -> Figure:
+    """Two quantities on different scales against one x: `left` lines on the left y axis (solid),
+    `right` lines on the right y axis (dashed), one legend; e.g. RM score vs exact accuracy per step."""
+    setup_chinese_font()
+    if not left or not right:
+        raise PlottingError("plot_twin needs at least one line on each side: left={'RM': [...]}, right={...}.")
+    for label, ys in {**left, **right}.items():
+        if len(ys) != len(xs) or not xs:
+            raise PlottingError(f"line {label!r}: needs {len(xs)} values (one per x), got {len(ys)}.")
+        bad = [v for v in [*xs, *ys] if not _is_number(v)]
+        if bad:
+            raise PlottingError(f"line {label!r}: non-numeric or NaN values, e.g. {bad[:3]!r}.")
+    fig, ax = plt.subplots(figsize=(6.5, 3.8), layout="constrained")
+    other = ax.twinx()
+    handles = []
+    for i, (label, ys) in enumerate(left.items()):
+        handles += ax.plot(list(xs), list(ys), color=f"C{i}", marker="o", markersize=3, label=label)
+    for i, (label, ys) in enumerate(right.items(), start=len(left)):
+        handles += other.plot(list(xs), list(ys), color=f"C{i}", linestyle="--", marker="s", markersize=3, label=label)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(left_label)
+    other.set_ylabel(right_label)
+    ax.grid(alpha=0.3)
+    ax.legend(handles=handles, fontsize="small", loc="best")
     _save(fig, save)
     return fig
 
@@ -327,8 +432,7 @@ def plot_curves(
     for lines in panels.values():
         for label in lines:
             colours.setdefault(label, f"C{len(colours) % 10}")
-    ncols = min(ncols, len(panels))
-    nrows = math.ceil(len(panels) / ncols)
+    nrows, ncols = _grid(len(panels), ncols)
     legend_room = 2.2 if any(len(lines) > 5 for lines in panels.values()) else 0.0
     fig, axes = plt.subplots(nrows, ncols, squeeze=False, figsize=(4.8 * ncols + legend_room, 3.6 * nrows),
                              layout="constrained")
@@ -362,8 +466,10 @@ def plot_hist(
     xlabel: str,
     bins: int = 20,
     save: str | Path | None = None,
+    density: bool = False,
 ) -> Figure:
-    """Overlaid histograms of {group: scores} with shared bin edges, e.g. rewards before/after."""
+    """Overlaid histograms of {group: scores} with shared bin edges, e.g. rewards before/after.
+    density: normalise each group to area 1, to compare groups of different sizes."""
     setup_chinese_font()
     if not groups or not any(len(v) for v in groups.values()):
         raise PlottingError("groups is empty: pass e.g. {'训练前': [0.0, 1.0, ...], '训练后': [...]}.")
@@ -380,13 +486,33 @@ def plot_hist(
     edges = [low + (high - low) * i / bins for i in range(bins + 1)]
     fig, ax = plt.subplots(figsize=(5.5, 3.5), layout="constrained")
     for i, (name, scores) in enumerate(groups.items()):
-        ax.hist([float(v) for v in scores], bins=edges, alpha=0.5, color=f"C{i}", label=name)
+        ax.hist([float(v) for v in scores], bins=edges, alpha=0.5, color=f"C{i}", density=density,
+                label=f"{name} (n={len(scores)})" if density else name)
     ax.set_title(title)
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("数量 (count)")
+    ax.set_ylabel(f"密度 density (1/{xlabel.split('(')[-1].rstrip(')')})" if density and "(" in xlabel
+                  else "密度 density" if density else "数量 (count)")
     ax.legend()
     _save(fig, save)
     return fig
+
+
+def _grid(panels: int, ncols: int) -> tuple[int, int]:
+    """(rows, columns) for `panels` subplots with at most `ncols` columns, rows filled evenly (4 -> 2x2)."""
+    nrows = math.ceil(panels / min(ncols, panels))
+    return nrows, math.ceil(panels / nrows)
+
+
+def _difference(frame: dict[str, list[tuple[int, float]]], base: dict[str, list[tuple[int, float]]]
+                ) -> dict[str, list[tuple[int, float]]]:
+    """frame - base for every key, at the steps both runs logged."""
+    out = {}
+    for key, points in frame.items():
+        reference = dict(base.get(key, []))
+        diff = [(step, value - reference[step]) for step, value in points if step in reference]
+        if diff:
+            out[key] = diff
+    return out
 
 
 def _is_number(value: object) -> bool:

@@ -61,6 +61,21 @@ class Profile:
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
+    def summary(self, hardware: Hardware | None = None) -> str:
+        """Three lines for a notebook's first output: machine, model and training budget.
+        `profile.table(hardware)` prints every field."""
+        machine = f"{hardware.name}" + (f", {hardware.vram_total_gb:.0f} GiB" if hardware and hardware.device == "cuda"
+                                        else "") if hardware else self.device
+        tuning = f"LoRA r={self.lora_rank}" if self.lora_rank else "full fine-tuning"
+        quant = f", {self.quant}" if self.quant else ""
+        return "\n".join([
+            f"profile '{self.name}' on {machine}: {self.description}",
+            f"model {self.model_id} ({self.dtype}{quant}, {tuning}); data {self.dataset}; "
+            f"batch {self.batch_size}x{self.grad_accum}, {self.max_steps} steps, lr {self.learning_rate:g}, "
+            f"up to {self.max_new_tokens} new tokens",
+            "every setting: print(profile.table())",
+        ])
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -70,7 +70,8 @@ def seed_everything(seed: int) -> None:
 def setup(profile: str = "auto", lab: str | None = None, seed: int = 0, mirror: str | None = None,
           quiet: bool = False, time_budget_min: float | None = None,
           lab_params: dict[str, Any] | None = None, **overrides: Any) -> Profile:
-    """Resolve the profile for `lab`, configure the process, seed RNGs and print the table.
+    """Resolve the profile for `lab`, configure the process, seed RNGs and print a short summary
+    (`profile.table()` has every field).
 
     `mirror` (e.g. "https://hf-mirror.com") sets HF_ENDPOINT for GPU profiles in China; see
     labkit.hub. `overrides` are profile fields set in the notebook's parameters cell, e.g.
@@ -92,7 +93,7 @@ def setup(profile: str = "auto", lab: str | None = None, seed: int = 0, mirror: 
     configure_process(prof)
     seed_everything(seed)
     if not quiet:
-        print(prof.table(hardware))
+        print(prof.summary(hardware))
     if prof.device == "cuda":
         from labkit.timeplan import time_preflight
 

@@ -210,8 +210,81 @@ def test_single_run_has_no_legend_and_grid_shape():
     fig = plot_metrics(grpo_history(), ["loss", "reward", "entropy", "kl"], ncols=3)
     assert len(fig.axes) == 4
     assert fig.axes[0].get_legend() is None
-    assert fig.axes[0].get_subplotspec().get_gridspec().get_geometry() == (2, 3)
+    assert fig.axes[0].get_subplotspec().get_gridspec().get_geometry() == (2, 2)  # balanced: no empty axes
     assert "nats" in fig.axes[0].get_ylabel() and "nats" in fig.axes[2].get_ylabel()
+
+
+def test_grid_is_balanced():
+    from labkit.plotting import _grid
+
+    assert [_grid(n, 3) for n in (1, 2, 3, 4, 5, 6, 7)] == [(1, 1), (1, 2), (1, 3), (2, 2), (2, 3), (2, 3), (3, 3)]
+
+
+def test_tuple_panel_overlays_metrics():
+    history = [{"step": s, "rewards/chosen": -0.1 * s, "rewards/rejected": -0.3 * s, "rewards/margins": 0.2 * s}
+               for s in (1, 2, 3)]
+    fig = plot_metrics(history, [("rewards/chosen", "rewards/rejected"), "rewards/margins"])
+    assert len(fig.axes) == 2
+    first = fig.axes[0]
+    assert len(first.lines) == 2
+    assert [t.get_text() for t in first.get_legend().get_texts()] == ["rewards/chosen", "rewards/rejected"]
+    assert first.lines[0].get_color() != first.lines[1].get_color()
+    assert list(first.lines[1].get_ydata()) == pytest.approx([-0.3, -0.6, -0.9])
+    two = plot_metrics({"a": history, "b": history}, [("rewards/chosen", "rewards/rejected")])
+    ax = two.axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "a · rewards/chosen", "b · rewards/chosen", "a · rewards/rejected", "b · rewards/rejected"]
+    assert ax.lines[0].get_color() == ax.lines[2].get_color() and ax.lines[0].get_linestyle() != ax.lines[2].get_linestyle()
+
+
+def test_baseline_draws_differences():
+    base = [{"step": s, "entropy": 0.5} for s in (1, 2, 3)]
+    other = [{"step": s, "entropy": 0.5 + 0.01 * s} for s in (1, 2, 4)]
+    fig = plot_metrics({"grpo": base, "dapo": other}, ["entropy"], baseline="grpo")
+    ax = fig.axes[0]
+    assert [line.get_label() for line in ax.lines if not line.get_label().startswith("_")] == ["dapo"]
+    assert list(ax.lines[0].get_xdata()) == [1, 2]  # only steps both runs logged
+    assert list(ax.lines[0].get_ydata()) == pytest.approx([0.01, 0.02])
+    assert ax.get_ylabel().startswith("Δ vs grpo")
+    with pytest.raises(PlottingError, match="baseline"):
+        plot_metrics({"grpo": base, "dapo": other}, ["entropy"], baseline="ppo")
+
+
+def test_grouped_bars_colour_is_the_series():
+    from labkit.plotting import plot_grouped_bars
+
+    fig = plot_grouped_bars({"难度 1": {"SFT": 0.9, "DPO": 0.5}, "难度 2": {"SFT": 0.8, "DPO": 0.4}},
+                            title="t / t", ylabel="准确率 (0-1)", errors={"难度 1": {"SFT": 0.02}})
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["SFT", "DPO"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["难度 1", "难度 2"]
+    heights = sorted(round(p.get_height(), 3) for p in ax.patches)
+    assert heights == [0.4, 0.5, 0.8, 0.9]
+    colours = {tuple(p.get_facecolor()) for p in ax.patches}
+    assert len(colours) == 2
+    with pytest.raises(PlottingError, match="numeric"):
+        plot_grouped_bars({"a": {"x": "high"}}, title="t", ylabel="y")
+    with pytest.raises(PlottingError, match="errors"):
+        plot_grouped_bars({"a": {"x": 1.0}}, title="t", ylabel="y", errors={"a": {"y": 0.1}})
+
+
+def test_twin_axes_and_density():
+    from labkit.plotting import plot_twin
+
+    fig = plot_twin([1, 2, 3], {"RM score": [1.0, 2.0, 3.0]}, {"accuracy": [0.5, 0.5, 0.4]}, title="t / t",
+                    xlabel="step", left_label="RM 分数", right_label="准确率 (0-1)")
+    left, right = fig.axes
+    assert left.get_ylabel() == "RM 分数" and right.get_ylabel() == "准确率 (0-1)"
+    assert [t.get_text() for t in left.get_legend().get_texts()] == ["RM score", "accuracy"]
+    with pytest.raises(PlottingError, match="needs 3 values"):
+        plot_twin([1, 2, 3], {"a": [1.0]}, {"b": [1.0, 2.0, 3.0]}, title="t", xlabel="x", left_label="l",
+                  right_label="r")
+    fig = plot_hist({"big": [0.0] * 30 + [1.0] * 10, "small": [0.0, 1.0]}, "t", "分数 (RM score)", bins=2,
+                    density=True)
+    ax = fig.axes[0]
+    assert "密度" in ax.get_ylabel()
+    big = [p.get_height() for p in ax.patches[:2]]
+    assert sum(h * 0.5 for h in big) == pytest.approx(1.0)  # area 1 with bin width 0.5
 
 
 def test_metric_missing_from_one_run_is_annotated():
