@@ -26,7 +26,8 @@ traceback can be read in place. Before writing it is made diff-friendly and path
   (how a print is split into chunks depends on timing);
 - progress-bar widgets (tqdm in Jupyter) become one plain-text line with their final count, and
   the widget state with its random model ids is dropped: a bar that was closed (leave=False)
-  disappears, as it does in JupyterLab;
+  disappears, as it does in JupyterLab, and so do the libraries' bookkeeping bars (LIBRARY_BARS:
+  loading weights, tokenizing datasets);
 - in all text outputs, machine paths become placeholders: site-packages -> "<site-packages>",
   the virtual environment -> "<venv>", the repository -> "<repo>", the temp dir -> "<tmp>",
   the home directory -> "~".
@@ -75,6 +76,10 @@ KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "nam
 DROPPED_CELL_TAGS = ("injected-parameters", "papermill-error-cell-tag")
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+# Progress bars of the libraries' bookkeeping (loading weights, tokenizing a dataset): dropped from
+# written notebooks, where they say nothing about the lab; labkit's own bars (training, evaluation) stay.
+LIBRARY_BARS = ("Loading weights", "Tokenizing ", "Map", "Filter", "Applying chat template", "Extracting prompt",
+                "Truncating ", "Adding EOS", "Generating ")
 
 _NOTEBOOK_RE = re.compile(r"\d\d_\w+")
 _ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -215,6 +220,8 @@ def _widget_as_text(output: nbformat.NotebookNode, widgets: dict) -> nbformat.No
         elif part.get("model_name") == "HTMLModel" and not text:
             text.append(html.unescape(state.get("value", "")).replace("\u2007", " ").strip())
     line = " ".join(t for t in [*text, count] if t)
+    if line.startswith(LIBRARY_BARS):
+        return None
     return nbformat.v4.new_output("display_data", data={"text/plain": line})
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -300,6 +301,58 @@ def zero_std_groups(rewards: torch.Tensor, group_size: int) -> list[int]:
     grouped = rewards.detach().view(-1, group_size)
     spread = grouped.max(dim=1).values - grouped.min(dim=1).values
     return [int(g) for g in torch.nonzero(spread < ZERO_STD_TOL).flatten()]
+
+
+def sample_group_correctness(model, tokenizer, rows: list[dict], profile: Profile, group_size: int, *,
+                             temperature: float = 1.0, seed: int = 0) -> torch.Tensor:
+    """[len(rows), group_size] accuracy (1.0 right, 0.0 wrong) of `group_size` completions sampled
+    per question at `temperature` (rows as from labkit.data.load_problems), as GRPO samples a group.
+
+    Seeded on a forked RNG: the same call gives the same numbers, and the caller's random state
+    is left as it was (numbers recorded later in a notebook do not move).
+    """
+    from labkit.evaluate import chat_prompts, generate_batch
+
+    if not rows:
+        raise GRPOSetupError("rows is empty: pass questions, e.g. load_problems('kit', 'rl', limit=96)")
+    if group_size < 1:
+        raise GRPOSetupError(f"group_size must be >= 1 completion per question, got {group_size}")
+    if not temperature > 0:
+        raise GRPOSetupError(f"temperature must be > 0 (sampling), got {temperature}")
+    prompts = chat_prompts(tokenizer, rows, profile.system_prompt)
+    per_call = max(1, profile.eval_batch_size // group_size)   # prompts per generate call
+    completions: list[str] = []
+    with torch.random.fork_rng():   # the CPU and (when present) the CUDA generators
+        torch.manual_seed(seed)
+        for start in range(0, len(prompts), per_call):
+            _, new_tokens = generate_batch(model, tokenizer, prompts[start:start + per_call],
+                                           max_new_tokens=profile.max_new_tokens, do_sample=True,
+                                           temperature=temperature, num_return_sequences=group_size)
+            completions += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+    answers = [row["answer"] for row in rows for _ in range(group_size)]
+    return torch.tensor(accuracy_reward(completions, answer=answers), dtype=torch.float32).view(len(rows), group_size)
+
+
+def zero_std_share(correct: torch.Tensor) -> float:
+    """Share of groups (rows of a [questions, G] tensor) whose entries are all equal (all right or
+    all wrong): the groups whose GRPO advantages are all 0, TRL's `frac_reward_zero_std`."""
+    if correct.dim() != 2 or correct.numel() == 0:
+        raise GRPOSetupError(f"correct must be a non-empty [questions, G] tensor, got shape {tuple(correct.shape)}")
+    return len(zero_std_groups(correct.flatten(), correct.shape[1])) / correct.shape[0]
+
+
+def question_se(correct: list[float], samples: int) -> float:
+    """Standard error of a mean accuracy whose `samples` answers per question stand one after another
+    (EvalResult.correct): the questions are the independent units, so the SE is the standard
+    deviation of the per-question accuracies over sqrt(questions). Samples of one question are
+    correlated; treating all of them as independent coin flips understates the SE."""
+    samples = max(samples, 1)
+    if not correct or len(correct) % samples:
+        raise GRPOSetupError(f"{len(correct)} answers do not split into questions of {samples} samples each")
+    per_question = torch.tensor(correct, dtype=torch.float64).view(-1, samples).mean(dim=1)
+    if per_question.numel() < 2:
+        raise GRPOSetupError("a standard error needs at least 2 questions")
+    return float(per_question.std(unbiased=True)) / math.sqrt(per_question.numel())
 
 
 # Batch entries GRPOTrainer returns for text-only training: left-padded prompt, right-padded rest.

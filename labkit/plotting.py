@@ -65,6 +65,7 @@ METRIC_ALIASES: dict[str, str] = {
 
 # Y-axis label for a raw key (without "eval_"), first matching pattern wins.
 _YLABEL_RULES: list[tuple[str, str]] = [
+    ("logps/*", "序列对数概率 log-prob (nats)"),
     ("*value_loss", "价值损失 value loss (reward²)"),
     ("*loss", "损失 loss (nats)"),
     ("kl", "KL 散度 (nats)"),
@@ -387,7 +388,8 @@ def plot_twin(
     ax.set_ylabel(left_label)
     other.set_ylabel(right_label)
     ax.grid(alpha=0.3)
-    ax.legend(handles=handles, fontsize="small", loc="best")
+    # below the axes: on twin axes any spot inside can cover a line of the other scale
+    fig.legend(handles=handles, fontsize="small", loc="outside lower center", ncols=min(len(handles), 3))
     _save(fig, save)
     return fig
 

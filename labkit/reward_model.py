@@ -152,3 +152,27 @@ def oracle_agreement(scores: list[float], correct: list[float], groups: list[obj
                     pairs += 1
                     wins += 1.0 if s_right > s_wrong else 0.5 if s_right == s_wrong else 0.0
     return (wins / pairs if pairs else float("nan")), pairs
+
+
+ERROR_KINDS = ("bad_format", "no_reasoning", "wrong_final", "wrong_step")
+
+
+def error_kind(completion: str) -> str:
+    """Which kind of rejected answer in the preference data (data/README.md) a WRONG completion
+    resembles: "bad_format" (no <think>...</think> block), "no_reasoning" (no number in the
+    reasoning), "wrong_step" (the final answer equals the reasoning's last number, so a step of
+    the reasoning is wrong) or "wrong_final" (the final answer differs from the reasoning's last
+    number). Call it only on completions the exact-answer check marked wrong."""
+    import re
+
+    from labkit.rewards import extract_answer, split_think
+
+    if not isinstance(completion, str):
+        raise TypeError(f"completion must be a string, got {type(completion).__name__}")
+    reasoning, _ = split_think(completion)
+    if reasoning is None:
+        return "bad_format"
+    numbers = re.findall(r"-?\d+", reasoning)
+    if not numbers:
+        return "no_reasoning"
+    return "wrong_step" if extract_answer(completion) == numbers[-1] else "wrong_final"

@@ -273,6 +273,7 @@ class Run:
     loads: int = 0           # models loaded
     download_gb: float = 0.0  # hub downloads
     cpu_s: float = 0.0       # CPU-side work that no GPU speeds up (lab 08's DDP demo, engine checks)
+    exercise: bool = False   # one attempt at an experiment exercise: listed and timed, outside the budget
 
     @property
     def generated(self) -> int:
@@ -363,13 +364,23 @@ def ppo_train(name: str, p: Profile, epochs: int, steps: int | None = None, roll
 
 # ---------------------------------------------------------------- what each lab runs
 
+# The experiment exercises' sizes (the notebooks' exercise 3 cells)
+EXERCISE_SFT_STEPS, EXERCISE_SFT_EVAL = 30, 100   # lab 01: at most 30 steps, scored on 100 problems
+EXERCISE_PPO_STEPS = 10                          # lab 04: short_ppo_run's steps
+EXERCISE_GRPO_QUESTIONS = 192                    # lab 05: questions sampled at the student's temperature
+DPO_MILD_BETA = 0.5                              # lab 03's MILD_BETA (step 6)
+
 
 def _sft_lab(p: Profile, q: dict) -> list[Run]:
     runs = [Run("load the base model", loads=1),
             generate(f"eval before SFT ({p.eval_limit} questions)", p, p.eval_limit)]
     if p.model_id == "tiny":
         runs.append(generate("plain-text eval of the base model", p, p.eval_limit))
-    return runs + [sft_train(p), generate("eval after SFT", p, p.eval_limit)]
+    short = Run(f"exercise 3: short SFT run ({EXERCISE_SFT_STEPS} steps)", loads=1, exercise=True,
+                trained=EXERCISE_SFT_STEPS * p.batch_size * p.grad_accum * sizes(p).sft)
+    return runs + [sft_train(p), generate("eval after SFT", p, p.eval_limit), short,
+                   replace(generate(f"exercise 3: eval of the short run ({EXERCISE_SFT_EVAL} questions)", p,
+                                    min(EXERCISE_SFT_EVAL, p.eval_limit)), exercise=True)]
 
 
 def _rm_lab(p: Profile, q: dict) -> list[Run]:
@@ -380,13 +391,26 @@ def _rm_lab(p: Profile, q: dict) -> list[Run]:
             Run("reward-model scores of the samples", forward=n * sizes(p).rl)]
 
 
-def _dpo_lab(p: Profile, q: dict) -> list[Run]:
-    variants, held = 2 + len(q["SWEEP_BETAS"]), heldout_pairs(p)
+def dpo_run(name: str, p: Profile, variants: int) -> Run:
+    """`variants` DPO trainings of max_steps steps, each with its reference pass (adapter off)."""
     tokens = steps_tokens(p, 2 * sizes(p).pair)
-    return [Run(f"DPO training ({variants} variants x {p.max_steps} steps)", trained=variants * tokens,
-                forward=variants * tokens, loads=variants + 1),  # the reference pass: adapter off
+    return Run(f"{name} ({variants} x {p.max_steps} steps)", trained=variants * tokens,
+               forward=variants * tokens, loads=variants)
+
+
+def _dpo_lab(p: Profile, q: dict) -> list[Run]:
+    # the first run, the beta sweep, IPO and step 6's mild run
+    variants, held = 3 + len(q["SWEEP_BETAS"]), heldout_pairs(p)
+    # greedy evals: SFT, the first run, the mild run and (when swept) the sweep's run at the mild beta
+    runs = 2 + (DPO_MILD_BETA in q["SWEEP_BETAS"])
+    return [replace(dpo_run("DPO training", p, variants), loads=variants + 1),
             pair_scores("held-out evaluation (policy + reference)", p, held, passes=2 * variants + 1),
-            generate(f"eval SFT and DPO ({p.eval_limit} questions each)", p, 2 * p.eval_limit)]
+            generate(f"greedy eval of SFT and {runs} DPO runs ({p.eval_limit} questions each)", p,
+                     (1 + runs) * p.eval_limit),
+            replace(dpo_run("exercise 3: one DPO run", p, 1), exercise=True),
+            replace(pair_scores("exercise 3: its held-out pairs", p, held, passes=2), exercise=True),
+            replace(generate(f"exercise 3: its greedy eval ({p.eval_limit} questions)", p, p.eval_limit),
+                    exercise=True)]
 
 
 def _ppo_lab(p: Profile, q: dict) -> list[Run]:
@@ -396,7 +420,10 @@ def _ppo_lab(p: Profile, q: dict) -> list[Run]:
             generate(f"sampled RM score before/after ({p.eval_limit} questions)", p, 2 * p.eval_limit),
             Run("reward-model scores of those samples", forward=2 * p.eval_limit * s.rl),
             generate(f"greedy eval before/after ({p.eval_limit} questions)", p, 2 * p.eval_limit),
-            ppo_train("PPO training", p, epochs)]
+            ppo_train("PPO training", p, epochs),
+            # exercise 3: kl_coef 0 and the student's, 10 steps each at half the rollout
+            replace(ppo_train("exercise 3: 2 short PPO runs", p, epochs, steps=2 * EXERCISE_PPO_STEPS,
+                              rollout=max(1, p.rollout_batch_size // 2)), loads=2, exercise=True)]
 
 
 def _grpo_lab(p: Profile, q: dict) -> list[Run]:
@@ -405,7 +432,11 @@ def _grpo_lab(p: Profile, q: dict) -> list[Run]:
     return [replace(probe, forward=probe.forward + 2 * g * sizes(p).rl),
             generate(f"greedy eval before/after ({p.eval_limit} questions)", p, 2 * p.eval_limit, loads=1),
             generate(f"sampled eval before/after ({p.eval_limit} x {k})", p, 2 * p.eval_limit * k),
-            grpo_train("GRPO training", p, reference=bool(q["BETA"]), loads=0)]
+            grpo_train("GRPO training", p, reference=bool(q["BETA"]), loads=0),
+            # exercise 3: one group per question at the student's temperature (cpu also checks 1.0)
+            replace(sampled(f"exercise 3: {EXERCISE_GRPO_QUESTIONS} questions x G", p,
+                            (2 if p.model_id == "tiny" else 1) * EXERCISE_GRPO_QUESTIONS, g), loads=1,
+                    exercise=True)]
 
 
 def _grpo_compare_lab(p: Profile, q: dict) -> list[Run]:
@@ -436,7 +467,9 @@ def _best_of_n_lab(p: Profile, q: dict) -> list[Run]:
             sampled(f"SFT samples ({questions} questions x {n})", p, questions, n),
             Run("reward-model scores of the SFT samples", forward=questions * n * sizes(p).rl),
             sampled(f"GRPO samples ({hard} questions x {grpo_n})", p, hard, grpo_n),
-            generate(f"greedy SFT and GRPO ({hard} questions each)", p, 2 * hard)]
+            generate(f"greedy SFT and GRPO ({hard} questions each)", p, 2 * hard),
+            replace(sampled(f"exercise 3: SFT samples at the student's temperature ({hard} questions x 8)", p,
+                            hard, 8), exercise=True)]
 
 
 # Lab 08's CPU-side work, measured on 2 shared cores: the single and 2-process GRPO runs of the tiny
@@ -531,8 +564,18 @@ class Plan:
         return self.minutes(self.stage_runs + self.runs)
 
     @property
+    def budgeted_min(self) -> float | None:
+        """Minutes the budget covers: the stage builds and the lab, without the exercise attempts."""
+        return self.minutes(self.stage_runs + tuple(r for r in self.runs if not r.exercise))
+
+    @property
+    def exercise_min(self) -> float | None:
+        """Minutes of one attempt at each experiment exercise (a student may run several)."""
+        return self.minutes(r for r in self.runs if r.exercise)
+
+    @property
     def fits(self) -> bool:
-        return self.budget_min is None or self.total_min is None or self.total_min <= self.budget_min
+        return self.budget_min is None or self.budgeted_min is None or self.budgeted_min <= self.budget_min
 
     def totals(self, runs: Iterable[Run] | None = None) -> tuple[int, int, int]:
         """(generated, trained, forward-only) tokens."""
@@ -547,6 +590,10 @@ class Plan:
             tokens = (f"{n:,}" for n in (run.generated, run.trained, run.forward))
             rows.append((run.name, *tokens, self._shown_minutes([run])))
         rows.append(("total", *(f"{n:,}" for n in self.totals()), self._shown_minutes(everything)))
+        if any(run.exercise for run in everything):
+            budgeted = [run for run in everything if not run.exercise]
+            rows.append(("budgeted (without the exercise attempts)", *(f"{n:,}" for n in self.totals(budgeted)),
+                         self._shown_minutes(budgeted)))
         widths = [max(len(row[i]) for row in rows) for i in range(5)]
         lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
                  for row in rows]
@@ -610,7 +657,8 @@ def fits_with(plan: Plan, profile: Profile, params: dict, knob: str) -> int | No
     room = plan.budget_min - (plan.minutes(plan.stage_runs) or 0.0)
 
     def fits(value: int) -> bool:
-        return plan.minutes(LAB_RUNS[plan.lab](*_with_knob(profile, params, knob, value))) <= room
+        runs = LAB_RUNS[plan.lab](*_with_knob(profile, params, knob, value))
+        return plan.minutes(r for r in runs if not r.exercise) <= room
 
     lo, hi = 0, len(values)  # binary search on the descending list for the first value that fits
     while lo < hi:
@@ -628,7 +676,7 @@ def refusal(plan: Plan, profile: Profile, params: dict, passed: set[str], table:
     knobs = [k for k in KNOBS.get(plan.lab, ()) if k in KNOB_FIELDS or k in passed]
     fixes = [f"{k} = {v}" for k in knobs if (v := fits_with(plan, profile, params, k)) is not None]
     stages_min = plan.minutes(plan.stage_runs) or 0.0
-    lines = [f"lab {plan.lab!r} is planned at about {plan.total_min:.0f} min on {plan.gpu} "
+    lines = [f"lab {plan.lab!r} is planned at about {plan.budgeted_min:.0f} min on {plan.gpu} "
              f"(profile {plan.profile}), over the {plan.budget_min:g}-min budget."]
     lines += [plan.table()] if table else []
     if fixes:
@@ -639,7 +687,7 @@ def refusal(plan: Plan, profile: Profile, params: dict, passed: set[str], table:
         lines.append(f"The stages {', '.join(plan.missing)} are not built yet ({stages_min:.0f} min of the "
                      f"plan): build them before class with `python -m labkit.stages build "
                      f"{' '.join(plan.missing)} --profile {plan.profile}`.")
-    lines.append(f"Or accept the longer run: TIME_BUDGET_MIN = {math.ceil(plan.total_min / 5) * 5}.")
+    lines.append(f"Or accept the longer run: TIME_BUDGET_MIN = {math.ceil(plan.budgeted_min / 5) * 5}.")
     return "\n".join(lines)
 
 
@@ -670,14 +718,17 @@ def summary(profile_name: str, gpu: str | None = None, report: dict | None = Non
     """A markdown table of every lab on a profile: its own tokens and minutes, then with the builds
     of every stage it needs (none cached yet)."""
     rows = ["| lab | generated | trained | forward only | min | stages built first | + their generated / "
-            "trained | min with stages | fits |", "|---|---:|---:|---:|---:|---|---:|---:|---|"]
+            "trained | min with stages | fits | + exercise 3 (min per attempt) |",
+            "|---|---:|---:|---:|---:|---|---:|---:|---|---:|"]
     for lab, number in LABS.items():
         plan = plan_lab(lab, get_profile(profile_name, lab=lab), gpu, missing=needed_stages(lab), report=report)
-        generated, trained, forward = plan.totals(plan.runs)
+        body = [run for run in plan.runs if not run.exercise]
+        generated, trained, forward = plan.totals(body)
         stage_gen, stage_trained, _ = plan.totals(plan.stage_runs)
-        rows.append(f"| {number} {lab} | {generated:,} | {trained:,} | {forward:,} | {plan.lab_min or 0:.1f} | "
+        rows.append(f"| {number} {lab} | {generated:,} | {trained:,} | {forward:,} | {plan.minutes(body) or 0:.1f} | "
                     f"{', '.join(plan.missing) or '-'} | {stage_gen:,} / {stage_trained:,} | "
-                    f"{plan.total_min or 0:.1f} | {'yes' if plan.fits else 'NO'} |")
+                    f"{plan.budgeted_min or 0:.1f} | {'yes' if plan.fits else 'NO'} | "
+                    f"{plan.exercise_min or 0:.1f} |")
     head = (f"Time plan, profile {profile_name} on {plan.gpu} (budget {plan.budget_min:g} min; "
             f"rates: {plan.rates_note})")
     return "\n".join([head, "", *rows])

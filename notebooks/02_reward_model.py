@@ -20,12 +20,13 @@
 # 1. 理解奖励模型如何把"成对偏好"变成一个标量分数（Bradley–Terry 模型）；
 # 2. 亲手算出一批偏好对的分数与损失，并与 TRL `RewardTrainer` 的结果对照；
 # 3. 用 TRL 在 SFT 模型上训练奖励模型，评估留出偏好对的准确率，看分数分布；
-# 4. 在策略模型新采样的回答上，比较奖励模型与"精确答案判分器"何时意见不一——这正是奖励投机（reward hacking）的种子。
+# 4. 在策略模型新采样的回答上，比较奖励模型与"精确答案判分器"何时意见不一——这正是奖励投机（reward hacking）的种子；
+# 5. 自己做一个小实验（练习 3）：亲手写一个**错误**回答，让奖励模型给它和正确回答差不多甚至更高的分。
 #
 # **前置知识**：实验 01（SFT）；交叉熵与 sigmoid。本实验需要 SFT 模型：`labkit` 会自动取用
 # SFT 阶段（CPU 配置随课程发布；GPU 配置第一次需要时训练并缓存），所以不必先运行实验 01。
 #
-# **运行时间**：2 核 CPU 上约 2 分钟。
+# **运行时间**：2 核 CPU 上约 3 分钟（其中训练约 2.5 分钟）。练习和文末的"扩展"约需一节课的其余时间。
 
 # %% tags=["colab-setup"]
 # Colab：第一次运行时下载课程仓库，只安装 Colab 缺少的包（不动它自带的 torch、numpy、pandas、ipykernel）。
@@ -159,6 +160,32 @@ print({k: getattr(args, k) for k in ["max_steps", "per_device_train_batch_size",
 # 我们自己：(1) 用聊天模板渲染并分词，核对与 TRL 的 token 一致；(2) 取每行最后一个真实 token 的隐藏状态，
 # 乘以打分头得到分数，核对与模型输出一致；(3) 按公式算损失、准确率和平均分差，核对与 `trainer.evaluate()`
 # 在同一批数据上报告的 `eval_loss`、`eval_accuracy`、`eval_margin` 一致。
+#
+# **练习 1**：先写出一批偏好对的 Bradley–Terry 损失（输入是 chosen 与 rejected 的分数向量，输出一个标量），
+# 下面的手算就用你的函数，与 TRL 对照。
+
+# %% tags=["solution"]
+def bt_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Tensor:
+    # TODO: 按"理论回顾"中的 L_BT，返回这批偏好对的平均损失（一个标量张量）
+    return -F.logsigmoid(r_chosen - r_rejected).mean()
+
+
+# %% tags=["check"]
+from labkit import exercises
+
+
+def check_bt_loss(fn):
+    r_w, r_l = torch.tensor([2.0, 0.5, -1.0]), torch.tensor([1.0, 1.0, -3.0])
+    exercises.check_close("bt_loss", fn(r_w, r_l), 0.4714222,
+                          hint="对照理论回顾的公式：sigmoid 里是谁减谁？别忘了取对数、负号和平均")
+    exercises.check_close("bt_loss shifted", fn(r_w + 5, r_l + 5), 0.4714222,
+                          hint="给两边加同一个常数，损失应当不变")
+
+
+check_bt_loss(bt_loss)
+
+# %% tags=["wrong"]
+exercises.expect_failure(lambda: check_bt_loss(lambda w, l: -F.logsigmoid(l - w).mean()))
 
 # %%
 batch = trainer.data_collator([trainer.eval_dataset[i] for i in range(len(check_rows))])
@@ -183,7 +210,7 @@ with torch.no_grad(), autocast(trainer.model):
 tolerance = 1e-5 if profile.dtype == "fp32" else 2e-2  # fp16 / bf16 round the head's matmul
 assert torch.allclose(scores_by_hand, scores_model, atol=tolerance)
 r_w, r_l = scores_by_hand[:B], scores_by_hand[B:]
-loss_by_hand = -F.logsigmoid(r_w - r_l).mean()
+loss_by_hand = bt_loss(r_w, r_l)                                  # your function (exercise 1)
 assert torch.allclose(loss_by_hand, bradley_terry_loss(r_w, r_l), atol=1e-6)   # labkit's version agrees
 
 trl_eval = trainer.evaluate()
@@ -195,7 +222,8 @@ assert abs((r_w - r_l).mean().item() - trl_eval["eval_margin"]) < max(tolerance,
 
 # %% [markdown]
 # 训练前打分头是随机的（初始化的数值很小），分数和分差 $r_w-r_l$ 都接近 0，所以损失在 $\log 2\approx0.69$ 附近：
-# 平均分差为正时略低于 $\log 2$，为负时略高（对照上面打印的损失与平均分差）。这一批只有 8 对，准确率只是碰运气。
+# 平均分差为正时略低于 $\log 2$，为负时略高（对照上面打印的损失与平均分差）。打分头的随机初始化随 `SEED` 变，
+# 我们试过 4 个种子：这一批的初始损失在 0.64–0.73 之间。这一批只有 8 对，准确率只是碰运气。
 #
 # ## 第四步：训练
 #
@@ -238,6 +266,8 @@ fig = plot_hist({"chosen": heldout.chosen, "rejected": heldout.rejected},
 #
 # 对同一道题里"一个对、一个错"的每一对回答，看奖励模型是否给对的更高分：这个比例叫
 # **与判分器的一致率**（`rm_oracle_agreement`，0.5 相当于瞎猜）。
+#
+# 答对的样本远多于答错的，所以直方图画的是**密度**（每组面积为 1），两组的形状才能比较；图例里的 n 是每组的样本数。
 
 # %%
 policy = load_model(sft_dir, profile)
@@ -258,30 +288,24 @@ fresh = pd.DataFrame({
 agreement, n_pairs = oracle_agreement(fresh["rm_score"].tolist(), correct, fresh["id"].tolist())
 print(f"{len(fresh)} samples, oracle accuracy {fresh['correct'].mean():.3f}")
 print(f"RM-oracle agreement on {n_pairs} (right, wrong) pairs of the same question: {agreement:.3f}")
-fig = plot_hist({"判分器：正确": fresh.loc[fresh.correct == 1, "rm_score"].tolist(),
-                 "判分器：错误": fresh.loc[fresh.correct == 0, "rm_score"].tolist()},
-                title="新采样回答的奖励分数 / RM scores of fresh samples", xlabel="奖励分数 r（无单位）")
+right_scores = fresh.loc[fresh.correct == 1, "rm_score"].tolist()
+wrong_scores = fresh.loc[fresh.correct == 0, "rm_score"].tolist()
+# the two groups differ in size (most samples are right): densities, so each histogram has area 1
+fig = plot_hist({"判分器：正确 right": right_scores,
+                 "判分器：错误 wrong": wrong_scores}, density=True,
+                title="新采样回答的奖励分数（各组归一化）/ RM scores of fresh samples (density)",
+                xlabel="奖励分数 r（无单位）")
 
 # %% [markdown]
 # 策略模型的错误属于哪一类？按偏好数据的分类给错误回答归类：格式不对（`bad_format` 一类）、
 # 答案与推理的最后结果不一致（`wrong_final` 一类）、答案与推理一致但推理里算错了（`wrong_step` 一类）。
 
+#
+# 规则写在 `labkit.reward_model.error_kind` 里（实验 07 也用它）：没有 `<think>…</think>` → `bad_format`；
+# 推理里没有数字 → `no_reasoning`；最终答案等于推理的最后一个数 → `wrong_step`，否则 → `wrong_final`。
+
 # %%
-import re
-
-from labkit.rewards import extract_answer, split_think
-
-
-def error_kind(completion: str) -> str:
-    """Which preference kind a wrong completion resembles."""
-    reasoning, _ = split_think(completion)
-    if reasoning is None:
-        return "bad_format"
-    numbers = re.findall(r"-?\d+", reasoning)
-    if not numbers:
-        return "no_reasoning"
-    return "wrong_step" if extract_answer(completion) == numbers[-1] else "wrong_final"
-
+from labkit.reward_model import error_kind
 
 fresh["kind"] = ["correct" if ok else error_kind(c) for c, ok in zip(fresh["completion"], fresh["correct"])]
 fresh.groupby("kind")["rm_score"].agg(["count", "mean"]).round(2)
@@ -327,31 +351,7 @@ publish_stage("rm", profile, save_rm, {"heldout_pair_acc": heldout.accuracy}, se
 # %% [markdown]
 # ## 练习
 #
-# **练习 1**：写出一批偏好对的 Bradley–Terry 损失（输入是 chosen 与 rejected 的分数向量）。
-
-# %% tags=["solution"]
-def bt_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Tensor:
-    # TODO: 返回 -log sigmoid(r_chosen - r_rejected) 的平均值
-    return -F.logsigmoid(r_chosen - r_rejected).mean()
-
-
-# %% tags=["check"]
-from labkit import exercises
-
-
-def check_bt_loss(fn):
-    r_w, r_l = torch.tensor([2.0, 0.5, -1.0]), torch.tensor([1.0, 1.0, -3.0])
-    # differences r_w - r_l = (1, -0.5, 2): mean of log(1 + e^-d) = 0.4714222
-    exercises.check_close("bt_loss", fn(r_w, r_l), 0.4714222,
-                          hint="sigmoid 里是 chosen 减 rejected；别忘了取对数、负号和平均")
-    exercises.check_close("bt_loss shifted", fn(r_w + 5, r_l + 5), 0.4714222,
-                          hint="给两边加同一个常数，损失应当不变")
-
-
-check_bt_loss(bt_loss)
-
-# %% tags=["wrong"]
-exercises.expect_failure(lambda: check_bt_loss(lambda w, l: -F.logsigmoid(l - w).mean()))
+# 练习 1 在第三步。
 
 # %% [markdown]
 # **练习 2**：Bradley–Terry 模型下，奖励模型认为 chosen 优于 rejected 的**概率**是多少？
@@ -359,7 +359,7 @@ exercises.expect_failure(lambda: check_bt_loss(lambda w, l: -F.logsigmoid(l - w)
 
 # %% tags=["solution"]
 def preference_probability(r_chosen: float, r_rejected: float) -> float:
-    # TODO: 用 Bradley-Terry 公式
+    # TODO: 按"理论回顾"中的 Bradley-Terry 模型返回这个概率
     return float(torch.sigmoid(torch.tensor(r_chosen - r_rejected)))
 
 
@@ -376,8 +376,78 @@ check_preference_probability(preference_probability)
 exercises.expect_failure(lambda: check_preference_probability(lambda w, l: float(torch.sigmoid(torch.tensor(w)))))
 
 # %% [markdown]
+# **练习 3（实验）：骗过奖励模型。** 下面这道留出题目有一个正确回答（偏好数据里的 `chosen`）。请写一个**错误**的回答
+# `MY_WRONG`（判分器判它错，且有 `<think>…</think>` 推理），让本 notebook 训练的奖励模型给它的分数**不低于正确回答的分数减 1**，
+# 即按 Bradley–Terry 模型，奖励模型认为"你的错答比正确回答好"的概率至少 $\sigma(-1)\approx 0.27$
+# （一个真懂算术的裁判会给出接近 0 的概率）。
+#
+# 做法：每写一个候选，就用 `score_responses(rm, tokenizer, [target], [候选], profile.system_prompt)` 打分，看差多少。
+# 提示：对照第五步"按类型的准确率"和第六步打分最高的错误回答——奖励模型在哪一类错误上最弱？
+# 也试试 `wrong_final` 式的错法（推理对、最后答案抄错），看分数差多少。下面的检查只在 cpu 配置上设了阈值。
+# （GPU 配置的 Hub 偏好对没有标准答案，所以改用第六步里 SFT 模型答对的一道题和它的那个回答。）
+
+# %%
+if "answer" in heldout_rows[4]:   # the kit's pairs carry the gold answer: a held-out pair and its chosen answer
+    target = heldout_rows[4]
+else:   # hub pairs have no gold answer: a step-6 question and a sample the SFT policy got right (if any)
+    right = fresh[fresh.correct == 1]
+    row = next(r for r in questions if r["id"] == (right.id.iloc[0] if len(right) else questions[0]["id"]))
+    chosen = right.completion.iloc[0] if len(right) else f"<think>{row['answer']}</think>{row['answer']}"
+    target = {**row, "chosen": chosen}
+reference_score = score_responses(rm, tokenizer, [target], [target["chosen"]], profile.system_prompt)[0]
+print("question:", target["question"], "| gold:", target["answer"])
+print(f"right answer: {target['chosen']!r}  RM score {reference_score:.2f}")
+
+# %% tags=["solution"]
+# TODO: 写一个错误的回答（带 <think> 推理），让奖励模型给它接近或高于正确回答的分数
+MY_WRONG = "<think>16+14=30, 30+28=58, 58+6=65</think>65"
+
+
+# %% tags=["check"]
+def check_fools_rm(completion: str) -> None:
+    exercises.check_true("judged wrong", accuracy_reward([completion], answer=[target["answer"]])[0] == 0,
+                         hint="判分器认为这个回答是对的：要写一个最终答案错误的回答")
+    exercises.check_true("has reasoning", bool(error_kind(completion) in ("wrong_final", "wrong_step")),
+                         hint="要有 <think>…</think>，且推理里有算式：没有推理的回答太容易被识破")
+    score = score_responses(rm, tokenizer, [target], [completion], profile.system_prompt)[0]
+    gap = score - reference_score
+    print(f"your wrong answer: RM score {score:.2f}, {gap:+.2f} against the right one; "
+          f"P(wrong > right) = {torch.sigmoid(torch.tensor(gap)):.2f}, kind {error_kind(completion)}")
+    if profile.name != "cpu":
+        print("（GPU 配置没有测过阈值：请自己判断奖励模型有没有被骗）")
+        return
+    exercises.check_true("fools the RM", gap >= -1.0,
+                         hint=f"分数比正确回答低 {-gap:.2f}（要求不低于 1）：换一种错法，哪一类错误奖励模型最难分辨？")
+
+
+check_fools_rm(MY_WRONG)
+
+# %% tags=["wrong"]
+if profile.name == "cpu":   # a wrong final answer after correct reasoning: the RM catches it
+    exercises.expect_failure(lambda: check_fools_rm(target["chosen"].rsplit("</think>", 1)[0] + "</think>63"))
+
+# %% [markdown]
 # **思考题**（不计分）：如果偏好数据里加入更多 `wrong_step` 类型的对，奖励模型与判分器的一致率会怎样变化？
 # 小模型能学会验算吗？把 `MAX_STEPS` 调大试试，并观察 `wrong_step` 一栏。
+
+# %% [markdown]
+# ## 扩展（约 15 分钟）
+#
+# 下面三个实验都没有在本 notebook 里运行过，结论要靠你自己的输出；先想好"多大的差别才算差别"。
+# 留出集里每类的对数不多（本次 `wrong_step` 只有 16 对、`wrong_final` 41 对），16 对上的准确率差 0.1 以内只是噪声。
+#
+# 1. **数据决定奖励模型学到什么。** 只用格式类的偏好对训练一个新的奖励模型：
+#    `only_format = [r for r in train_rows if r["rejected_kind"] in ("bad_format", "no_reasoning")]`，照第二步重新
+#    `load_reward_model` 并构造 `RewardTrainer`（`train_dataset=pair_dataset(only_format, profile.system_prompt)`，
+#    `max_steps=100`，cpu 上约 40 秒），训练后用 `pair_accuracy` 看按类型的准确率。看什么：格式两类应仍接近 1；
+#    `wrong_final`、`wrong_step` 两栏是否掉到 0.5 附近（猜）？这说明奖励模型只学到训练数据里**有**的区分。
+# 2. **奖励模型当裁判：Best-of-4（实验 07 的预告）。** 第六步每道题有 `SAMPLES_PER_QUESTION` 个样本。
+#    `fresh.loc[fresh.groupby("id").rm_score.idxmax(), "correct"].mean()` 是"每题取奖励模型最高分的回答"的正确率；
+#    与单个样本的平均正确率（`fresh.correct.mean()`）和"至少一个对"的比例（`fresh.groupby("id").correct.max().mean()`）比较。
+#    看什么：奖励模型挑的比随便挑一个好，还是更差？150 道题上，差别小于约 0.05 不要下结论。
+# 3. **奖励模型看重什么。** 拿练习 3 的 `target`，用 `score_responses` 给几种改写打分：正确回答去掉 `<think>` 标签、
+#    推理里多加一步无用的 `+0`、把最后答案换成错的、把整段推理换成另一道题的推理。看什么：哪种改写分数掉得最多？
+#    与第五步按类型的准确率对照——奖励模型对"格式"敏感，对"算得对不对"迟钝，这正是实验 04 里 PPO 可能利用的漏洞。
 
 # %%
 metrics.record(rm_heldout_pair_acc=round(heldout.accuracy, 4), rm_oracle_agreement=round(agreement, 4),

@@ -27,7 +27,7 @@
 # **为什么不用 TRL**：TRL 1.13 起删除了 `PPOTrainer`，所以本课程自带一个短小、可从头读到尾的实现
 # （`labkit/ppo.py`，一个文件），配置项沿用 TRL 旧版 `PPOConfig` 的名字。
 #
-# **运行时间**：2 核 CPU 上约 2 分钟。
+# **运行时间**：2 核 CPU 上约 3 分钟。
 
 # %% tags=["colab-setup"]
 # Colab：第一次运行时下载课程仓库，只安装 Colab 缺少的包（不动它自带的 torch、numpy、pandas、ipykernel）。
@@ -108,7 +108,7 @@ from labkit.evaluate import evaluate_accuracy, generate
 from labkit.hardware import detect
 from labkit.memory import estimate_memory
 from labkit.models import autocast, load_tokenizer
-from labkit.plotting import plot_bars, plot_metrics
+from labkit.plotting import plot_grouped_bars, plot_metrics, plot_twin
 from labkit.ppo import PPOTrainer, load_policy, ppo_config, shape_rewards, value_loss
 from labkit.preflight import preflight, train_plan
 from labkit.profiles import get_profile
@@ -179,7 +179,9 @@ print(f"{len(train_rows)} training prompts (levels {LEVELS})")
 #
 # 刚开始时策略就是 SFT 模型（LoRA 的 B 矩阵初始化为 0）、价值头零初始化，KL 和价值都恰好是 0，比值恰好是 1——
 # 对照起来太"平凡"。所以先在 8 道题上做一次 PPO 更新（`demo.update`），再让 `PPOTrainer.rollout` 对另外 8 道题各采一个回答：
-# 它返回采样时的对数概率、参考对数概率、价值、分数、塑形奖励和优势。我们用更基础的工具把每一项重新算一遍，逐项对照。
+# 它返回采样时的对数概率、参考对数概率、价值、分数、塑形奖励和优势。我们用更基础的工具把每一项重新算一遍，逐项对照：
+# (a) 对数概率、(b) 标准化分数、(e) 裁剪的策略损失与价值损失在这里亲手算；(c) 奖励塑形和 (d) GAE 先用 `labkit` 的函数，
+# 亲手实现留给练习 1、2——它们的检查会拿这批真实回答对照。
 # 演示结束后把可训练参数恢复原样，正式训练仍从 SFT 模型开始。
 
 # %%
@@ -206,29 +208,12 @@ scores = (ro.raw_scores - demo.score_mean) / demo.score_std
 ended = [ids[m.bool()][-1].item() == tokenizer.eos_token_id for ids, m in zip(ro.input_ids, mask)]
 scores = scores - config.missing_eos_penalty * (1 - torch.tensor(ended, dtype=torch.float32))
 
-# (c) reward shaping, token by token
+# (c) reward shaping and (d) GAE with labkit's functions: exercises 1 and 2 ask you to write both
+# yourself, and their checks compare your versions with this very rollout
 beta = demo.kl_ctl.value
-rewards = torch.zeros_like(logp)
-for b in range(len(ro.rows)):
-    positions = mask[b].nonzero().flatten().tolist()
-    for t in positions:
-        rewards[b, t] = -beta * (logp[b, t] - ref_logp[b, t])
-    rewards[b, positions[-1]] += scores[b]
+rewards = shape_rewards(scores, logp, ref_logp, mask, beta)[0]
 assert torch.allclose(rewards, ro.rewards, atol=1e-4)
-assert torch.allclose(rewards, shape_rewards(scores, logp, ref_logp, mask, beta)[0], atol=1e-4)
-
-# (d) GAE, backwards over each response; V = 0 after the last token
-advantages = torch.zeros_like(logp)
-for b in range(len(ro.rows)):
-    positions = mask[b].nonzero().flatten().tolist()
-    next_value, next_adv = 0.0, 0.0
-    for t in reversed(positions):
-        delta = rewards[b, t] + config.gamma * next_value - ro.values[b, t]
-        next_adv = delta + config.gamma * config.lam * next_adv
-        advantages[b, t] = next_adv
-        next_value = ro.values[b, t]
-returns = (advantages + ro.values) * mask
-assert torch.allclose(advantages, gae(rewards, ro.values, mask, config.gamma, config.lam)[0], atol=1e-5)
+advantages, returns = gae(rewards, ro.values, mask, config.gamma, config.lam)
 assert torch.allclose(returns, ro.returns, atol=1e-5)
 whitened = masked_whiten(advantages, mask)
 assert torch.allclose(whitened, ro.advantages, atol=1e-5)
@@ -285,7 +270,7 @@ def sample_and_score(model, rows: list[dict], seed: int = 1) -> tuple[float, flo
     return float(np.mean(scores)), float(np.mean(correct)), texts, scores
 
 
-rm_start, acc_sampled_start, _, _ = sample_and_score(policy.policy, heldout_rows)
+rm_start, acc_sampled_start, texts_start, scores_start = sample_and_score(policy.policy, heldout_rows)
 eval_rows = load_problems(profile.dataset, "eval", limit=profile.eval_limit)
 before = evaluate_accuracy(policy.policy, tokenizer, eval_rows, profile, desc="eval before PPO")
 print(f"held-out level {LEVELS}: RM score {rm_start:.3f}, sampled accuracy {acc_sampled_start:.3f}; "
@@ -299,6 +284,8 @@ print(f"score normalization: mean {trainer.score_mean:.3f}, std {trainer.score_s
 # ### 健康训练的三条曲线
 # `score` 是奖励模型原始分数；`non_score_reward` 是整条回答的 KL 惩罚 $-\beta\sum_t \mathrm{KL}_t$；
 # `total_reward` 是训练真正最大化的量 = 标准化后的分数 + KL 惩罚。曲线做了指数平滑（淡色是原始值）。
+# 第二张图里，健康的 PPO 应当是：价值损失下降（价值头在学着预测回报）、裁剪比例和 `approx_kl`（每次更新前后策略的差别）都很小，
+# 回答长度稳定。注意 `kl`（相对参考模型、整条回答求和）和 `approx_kl`（相对采样时的策略、每个 token 平均）是两回事。
 
 # %%
 fig = plot_metrics(history, ["total_reward", "score", "non_score_reward"], smooth=0.6,
@@ -309,29 +296,75 @@ fig = plot_metrics(history, ["value_loss", "clip_frac", "response_length", "kl",
 # %% [markdown]
 # ## 第五步：奖励模型分数 vs 真实正确率
 #
-# 同一张图上画训练时每步采样的奖励模型分数与精确答案正确率（`accuracy`，判分器给出）。再在留出题上比较训练前后。
+# 先在留出题上比较训练前后：同样的 3 级题每题再采样一个回答（奖励模型平均分、精确答案正确率），全部难度的题做一次贪心解码。
+# 每个数都是有限样本的估计，所以表里同时给出"变化"和它的标准误（SE，同一批题目上逐题配对相减再求平均的标准误）：
+# 变化不到 2 个 SE 的，就不能说它是训练带来的。
 
 # %%
-fig = plot_metrics(history, ["score", "accuracy", "format"], smooth=0.6,
-                   title="奖励模型分数与真实正确率 / RM score vs exact-answer accuracy (training samples)")
 rm_end, acc_sampled_end, texts_after, scores_after = sample_and_score(policy.policy, heldout_rows)
 after = evaluate_accuracy(policy.policy, tokenizer, eval_rows, profile, desc="eval after PPO")
 kl_start, kl_end = float(np.mean([h["kl"] for h in history[:5]])), float(np.mean([h["kl"] for h in history[-5:]]))
 kl_peak_step = int(np.argmax([h["kl"] for h in history])) + 1
-print(f"KL per response: first 5 steps {kl_start:.3f}, last 5 steps {kl_end:.3f}, largest at step {kl_peak_step}")
-comparison = pd.DataFrame({"before PPO": [rm_start, acc_sampled_start, before.accuracy],
-                           "after PPO": [rm_end, acc_sampled_end, after.accuracy]},
-                          index=[f"held-out RM score (levels {LEVELS}, sampled)",
-                                 f"held-out accuracy (levels {LEVELS}, sampled)",
-                                 "held-out accuracy (all levels, greedy)"]).round(3)
-comparison
+kl_blocks = [float(np.mean([h["kl"] for h in history[i:i + 6]])) for i in range(0, len(history), 6)]
+print(f"KL per response: first 5 steps {kl_start:.3f}, last 5 steps {kl_end:.3f}, largest at step {kl_peak_step}; "
+      f"means of 6-step blocks: {' '.join(f'{k:.3f}' for k in kl_blocks)}")
+
+
+def paired_change(start: list[float], end: list[float]) -> tuple[float, float]:
+    """Mean of end - start over the same questions, and the standard error of that mean."""
+    diff = np.asarray(end, dtype=float) - np.asarray(start, dtype=float)
+    return float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(len(diff)))
+
+
+answers = [r["answer"] for r in heldout_rows]
+correct_start, correct_end = accuracy_reward(texts_start, answer=answers), accuracy_reward(texts_after, answer=answers)
+print(f"sampled, level {LEVELS}: {int(sum(correct_start))} -> {int(sum(correct_end))} correct of {len(heldout_rows)}; "
+      f"greedy, all levels: {int(sum(before.correct))} -> {int(sum(after.correct))} correct of {len(eval_rows)}; "
+      f"RM score std over responses {np.std(scores_start):.2f} (before), {np.std(scores_after):.2f} (after)")
+comparison = pd.DataFrame(
+    {f"held-out RM score (levels {LEVELS}, sampled)": (rm_start, rm_end, *paired_change(scores_start, scores_after)),
+     f"held-out accuracy (levels {LEVELS}, sampled)": (acc_sampled_start, acc_sampled_end,
+                                                       *paired_change(correct_start, correct_end)),
+     "held-out accuracy (all levels, greedy)": (before.accuracy, after.accuracy,
+                                                *paired_change(before.correct, after.correct))},
+    index=["before PPO", "after PPO", "change", "SE of change"]).T
+comparison["change / SE"] = comparison["change"] / comparison["SE of change"]
+comparison.round(3)
+
+# %% [markdown]
+# 下图把训练时每步采样的奖励模型分数（左轴，实线）和同一批回答的精确答案正确率（右轴，虚线，判分器给出）画在一起。
+# 每个点是连续 4 步（4 × 64 = 256 个回答）的平均：训练采样的 RM 分数标准差约 2.3（第四步打印的 score normalization std），
+# 256 个回答平均后的 SE 约 0.14；正确率的 SE 约 0.03。两条纵轴是自动缩放的，通常只跨两三个 SE——图上的起伏大多是噪声。
+# 如果奖励模型被"钻了空子"，应看到实线持续上升、虚线持续下降，而且幅度远超这些 SE。
+
+# %%
+block = 4 if len(history) >= 8 else 1   # a very short run (a smoke test) plots every step
+blocks = range(0, len(history) - block + 1, block)
+fig = plot_twin([float(np.mean([h["step"] for h in history[i:i + block]])) for i in blocks],
+                {"RM 分数 / RM score": [float(np.mean([h["score"] for h in history[i:i + block]])) for i in blocks]},
+                {"精确答案正确率 / exact accuracy": [float(np.mean([h["accuracy"] for h in history[i:i + block]]))
+                                                   for i in blocks]},
+                title="训练采样：奖励模型分数 vs 真实正确率 / training samples: RM score vs exact accuracy",
+                xlabel="PPO 步（每点 4 步平均）/ step (mean of 4)", left_label="RM 原始分数 / raw RM score",
+                right_label="正确率 / accuracy (0-1)")
 
 # %%
 levels = sorted(before.by_level)
-fig = plot_bars({**{f"L{k} SFT": before.by_level[k] for k in levels},
-                 **{f"L{k} PPO": after.by_level[k] for k in levels}},
-                title="PPO 前后留出题贪心准确率 / held-out greedy accuracy before vs after PPO",
-                ylabel="准确率 (0-1)")
+n_at_level = {k: sum(r["level"] == k for r in eval_rows) for k in levels}
+
+
+def binomial_se(p: float, n: int) -> float:
+    """Standard error of an accuracy p measured on n questions."""
+    return float(np.sqrt(p * (1 - p) / n))
+
+
+fig = plot_grouped_bars({f"难度 {k} (n={n_at_level[k]})": {"SFT": before.by_level[k], "PPO": after.by_level[k]}
+                         for k in levels},
+                        errors={f"难度 {k} (n={n_at_level[k]})": {"SFT": binomial_se(before.by_level[k], n_at_level[k]),
+                                                                 "PPO": binomial_se(after.by_level[k], n_at_level[k])}
+                                for k in levels},
+                        title="PPO 前后留出题贪心准确率 / held-out greedy accuracy before vs after PPO",
+                        ylabel="准确率 / accuracy (0-1)", xlabel="题目难度（误差线 = 1 SE）/ level (error bar = 1 SE)")
 
 # %% [markdown]
 # 训练后奖励模型打高分、但答案其实错了的回答：
@@ -346,20 +379,24 @@ pd.DataFrame({"question": [heldout_rows[i]["question"] for i in top_wrong],
               "RM score": [round(scores_after[i], 2) for i in top_wrong]})
 
 # %% [markdown]
-# **读结果。** 以下判断都以上面本次运行打印的数字为准（3 个种子 × 两套 CPU 内核的范围见 `benchmarks/spread.md`）：
-# - **KL 随训练增长**：最后几步的 KL 明显高于最初几步（上面打印的两个数），KL 惩罚（`non_score_reward`）随之变得更负；
-#   KL 曲线不一定单调，最大值出现在哪一步也随种子而变。
-# - **奖励模型分数几乎没动**：留出题上采样回答的平均 RM 分数（表第一行）训练前后只差零点几，和分数本身的散布相比很小；
-#   3 个种子里有升有降。训练曲线上的 `score` 很吵（每步只有一批 64 个回答），平滑后也看不出稳定的上升。
-#   36 步 PPO、这样小的 KL 预算，还不足以把代理奖励推上去。
-# - **真实正确率没有跟着变好**：比较表中第二、三行。贪心正确率在我们测过的每次运行里都下降了；采样正确率有升有降。
-#   实验 02 已经看到，这个奖励模型分不清"推理里算错一步但前后一致"的回答和正确回答，却会重罚"答案和推理对不上"的回答。
-#   PPO 只看得见奖励模型的分数，于是它朝奖励模型喜欢的方向走，而不一定朝答案正确的方向走——上面那张"高分错答"表
-#   就是奖励模型的盲区。代理奖励上升、真实目标下降的**奖励模型被利用（reward hacking / over-optimization）**
-#   需要更长的训练才看得清；这里能看到的是它的起点：策略离开了 SFT 模型（KL 上升），任务表现却没有变好。
-# - KL 惩罚限制了偏离的幅度；增大 `KL_COEF` 会让策略更贴近 SFT 模型（见思考题）。
+# **读结果。** 以下判断都以上面本次运行打印的数字为准，并且在我们测过的 6 次运行（3 个种子 × 两套 CPU 内核，
+# 范围见 `benchmarks/spread.md`）里都成立：
+# - **KL 比开始时大，但不是一路上升**：最后 5 步的平均 KL（每条回答的 KL 之和）在每次运行里都高于最初 5 步
+#   （0.34–0.44 对 0.03–0.14）。6 步一段的平均（上面打印）显示它先升、中间会停住甚至回落，最大值出现在哪一步随种子而变。
+#   KL 惩罚 `non_score_reward` 跟着变负，但只有约 $\beta\times\mathrm{KL}\approx 0.1\times0.3=0.03$，
+#   而标准化后的分数标准差是 1——在这个 KL 系数下，KL 惩罚几乎不影响总奖励。
+# - **奖励模型分数没有可测的上升**：留出题上采样回答的平均 RM 分数（表第一行）在 6 次运行里变化 −0.02 到 +0.20，
+#   不超过约 2 个 SE（本次见 `change / SE` 一列；留出题上单条回答的分数标准差见上面打印）。训练采样的分数（双轴图的实线）
+#   也看不出超出噪声的持续上升。本次的步数和 KL 系数下，PPO 没有把代理奖励明显推上去。
+# - **贪心正确率下降，采样正确率没有可测的变化**：全部难度的贪心正确率在每次运行里都下降（0.947 → 0.857–0.917，
+#   本次的下降有几个 SE 见表，哪一级降得超出误差线见柱状图）；3 级题上的采样正确率变化在 −0.05 到 +0.04 之间，不到 2 个 SE。
+# - **所以这里没有出现**教科书里"代理奖励上升、真实目标下降"的完整**过度优化（reward hacking / over-optimization）**曲线——
+#   代理奖励本身就没涨。能看到的是它的前提：策略离开了 SFT 模型（KL 上升），贪心正确率却下降了；而奖励模型有可以被利用的盲区。
+#   实验 02 量过，这个奖励模型在"推理里算错一步但前后一致"的回答对上正确回答时只有约 0.56 的准确率（接近瞎猜）；
+#   上面那张"高分错答"表里拿高分的，正是这种回答。要看策略会不会真的钻进这个盲区，需要更长的训练（扩展实验 1）。
+# - KL 惩罚限制偏离的幅度：练习 3 在 2 倍学习率下测它。
 # - 这也是第 14 章讲到 RLVR 与 GRPO 的动机：数学题的答案可以直接验证，用判分器代替奖励模型，就没有这个盲区可钻
-#   （实验 05）。
+#   （实验 05；扩展实验 3 在 PPO 里试这件事）。
 #
 # 微型模型与微型奖励模型上的现象只说明机制，幅度不代表大模型。
 #
@@ -369,7 +406,7 @@ pd.DataFrame({"question": [heldout_rows[i]["question"] for i in top_wrong],
 
 # %% tags=["solution"]
 def my_shaped_rewards(logp: list[float], ref_logp: list[float], beta: float, score: float) -> list[float]:
-    # TODO: 每个 token: -beta * (logp - ref_logp)；最后一个 token 再加上 score
+    # TODO: 按理论回顾里的奖励塑形公式，返回每个 token 的奖励
     rewards = [-beta * (lp - rl) for lp, rl in zip(logp, ref_logp)]
     rewards[-1] += score
     return rewards
@@ -384,6 +421,11 @@ def check_shaped_rewards(fn):
     exercises.check_close("shaped rewards", got, [-0.05, 0.0, 3.1],
                           hint="KL 惩罚在每个 token 上都有，分数只加在最后一个 token 上")
     exercises.check_close("one-token response", fn([-2.0], [-1.0], 0.5, 1.0), [1.5])
+    got, want = [], []  # the 8 responses of step 3's rollout, against what PPOTrainer stored
+    for b, keep in enumerate(mask.bool()):
+        got += fn(logp[b][keep].tolist(), ref_logp[b][keep].tolist(), beta, float(scores[b])) or [None]
+        want += ro.rewards[b][keep].tolist()
+    exercises.check_close("step-3 rollout (8 responses)", got, want, hint="与 PPOTrainer.rollout 存下的塑形奖励对照")
 
 
 check_shaped_rewards(my_shaped_rewards)
@@ -397,7 +439,7 @@ exercises.expect_failure(lambda: check_shaped_rewards(
 
 # %% tags=["solution"]
 def my_gae(rewards: list[float], values: list[float], gamma: float, lam: float) -> list[float]:
-    # TODO: 从后往前：delta = r_t + gamma * V_{t+1} - V_t，A_t = delta + gamma * lam * A_{t+1}
+    # TODO: 按理论回顾里的 GAE 公式，从最后一个 token 往前算每个 token 的优势
     advantages, next_value, next_adv = [0.0] * len(rewards), 0.0, 0.0
     for t in reversed(range(len(rewards))):
         delta = rewards[t] + gamma * next_value - values[t]
@@ -414,6 +456,12 @@ def check_gae(fn):
                           [-0.15, 0.5, 0.6], hint="从最后一个 token 往前算；最后一步的下一个价值是 0")
     exercises.check_close("gae, lam=1 (Monte Carlo)", fn([0.0, 2.0], [1.0, 1.0], 1.0, 1.0), [1.0, 1.0],
                           hint="lam=1 时 A_t = 回报 - V_t")
+    got, want = [], []  # the 8 responses of step 3's rollout: labkit's GAE, before whitening
+    for b, keep in enumerate(mask.bool()):
+        got += fn(ro.rewards[b][keep].tolist(), ro.values[b][keep].tolist(), config.gamma, config.lam) or [None]
+        want += advantages[b][keep].tolist()
+    exercises.check_close("step-3 rollout (8 responses)", got, want,
+                          hint="与 labkit.algorithms.gae 在第三步那批回答上的结果对照")
 
 
 check_gae(my_gae)
@@ -422,8 +470,81 @@ check_gae(my_gae)
 exercises.expect_failure(lambda: check_gae(lambda r, v, gamma, lam: [ri - vi for ri, vi in zip(r, v)]))
 
 # %% [markdown]
-# **思考题**（不计分）：把 `KL_COEF` 改为 `0.5` 重新运行，KL、奖励模型分数和真实正确率分别怎样变化？
-# 再把 `LEVELS` 改为 `(1, 2, 3)`：当大部分题目 SFT 模型已经做对时，奖励模型能提供的信号还剩多少？
+# **练习 3（实验）**：KL 惩罚管不管用？设想你嫌训练太慢，把学习率翻倍。下面的 `short_ppo_run(kl_coef)` 从 SFT 模型重新开始
+# （新的 LoRA 和价值头），用 2 倍学习率、每步一半的题目跑 10 步 PPO（CPU 上约 15 秒），打印每步的 KL（每条回答的 KL 之和）、
+# 最后 3 步的平均 KL 和训练采样的正确率。先看不加 KL 惩罚（`kl_coef=0`）时会怎样：
+
+# %%
+def late_kl(run: list[dict]) -> float:
+    """Mean summed KL per response over the last 3 steps of a run."""
+    return float(np.mean([h["kl"] for h in run[-3:]]))
+
+
+def short_ppo_run(kl_coef: float, steps: int = 10, seed: int = SEED) -> list[dict]:
+    """`steps` PPO steps from the SFT model (fresh LoRA and value head) at twice the profile's learning
+    rate and half its rollout batch, with the given KL coefficient; prints the KL per step."""
+    torch.manual_seed(seed)
+    fresh = load_policy(sft_dir, profile)
+    cfg = replace(config, total_steps=steps, learning_rate=2 * config.learning_rate, kl_coef=kl_coef, seed=seed,
+                  rollout_batch_size=max(config.mini_batch_size, config.rollout_batch_size // 2))
+    run = PPOTrainer(fresh, tokenizer, rm_score, cfg, profile.system_prompt).train(train_rows, desc="short PPO")
+    per_step = " ".join(f"{h['kl']:.2f}" for h in run)
+    late_acc = float(np.mean([h["accuracy"] for h in run[-3:]]))
+    print(f"kl_coef {kl_coef} (learning rate {cfg.learning_rate:g}): KL per step {per_step}; "
+          f"last 3 steps: KL {late_kl(run):.2f}, training-sample accuracy {late_acc:.2f}")
+    return run
+
+
+no_penalty_run = short_ppo_run(0.0)
+
+# %% [markdown]
+# 没有 KL 惩罚时，KL 在几步之内涨到 1 以上，训练采样的正确率也往下掉（看上面打印的数）。
+# **你的任务**：只改 KL 系数 `MY_KL_COEF`，让 `short_ppo_run(MY_KL_COEF)` 最后 3 步的平均 KL 低于 0.8。
+# 从默认的 `KL_COEF`（0.1）试起，看打印的 KL 轨迹，再决定往哪个方向改、改多少；单次运行很吵，拿不准就换个 `seed=` 再跑一次。
+# 记下你试过的值和结果：KL 惩罚是在采样之后才起作用的（它进入下一次更新的奖励），所以它能拉回漂移，却挡不住一次过大的更新。
+# （阈值只在 cpu 配置上测过；GPU 配置上检查只打印结果，由你自己判断。）
+
+# %% tags=["solution"]
+# 你的代码：选一个 KL 系数 MY_KL_COEF，运行 my_run = short_ppo_run(MY_KL_COEF)
+MY_KL_COEF = 1.0
+my_run = short_ppo_run(MY_KL_COEF)
+
+
+# %% tags=["check"]
+def check_kl_budget(run):
+    exercises.check_true("short run of 10 steps", run is not None and len(run) == 10,
+                         hint="用 short_ppo_run(MY_KL_COEF) 跑满 10 步，把它返回的记录传进来")
+    if profile.name != "cpu":
+        print(f"KL of the last 3 steps = {late_kl(run):.2f} （GPU 配置没有测过这个阈值：请自己比较这些数）")
+        return
+    exercises.check_true(f"KL of the last 3 steps = {late_kl(run):.2f} < 0.8", late_kl(run) < 0.8,
+                         hint="KL 还太大：KL 系数越大，每个 token 偏离参考模型的惩罚越重")
+
+
+check_kl_budget(my_run)
+
+# %% tags=["wrong"]
+if profile.name == "cpu":   # kl_coef = 0: the policy drifts away
+    exercises.expect_failure(lambda: check_kl_budget(no_penalty_run))
+
+# %% [markdown]
+# ## 扩展（约 15 分钟）
+#
+# 每个实验只改参数格里的一两个值，整本重跑（CPU 上约 3 分钟），然后用第五步的表（变化 ± SE）下结论：
+# 变化不到 2 个 SE 的，不要说它"升了"或"降了"。
+#
+# 1. **训练更久，能看到过度优化吗？** 把 `MAX_STEPS` 改为 `108`（3 倍步数，CPU 上多约 3 分钟）。看双轴图：实线（RM 分数）
+#    有没有超出噪声的持续上升？虚线（正确率）和表中的贪心正确率是否继续下降？两者同时出现才是"代理奖励上升、真实目标下降"；
+#    如果 RM 分数仍然不动，如实写"这个步数和 KL 系数下没有看到"。再看"高分错答"表：高分的错答是不是仍是"推理一致、但算错一步"的样子？
+# 2. **KL 系数的两端**：分别用 `KL_COEF = 0.0` 和 `KL_COEF = 0.5` 跑整本，记下最后 5 步的 KL、贪心正确率和它的 SE。
+#    练习 3 在 2 倍学习率下看到了 KL 系数的作用；在默认学习率、36 步里，差别可能落在噪声之内——先看 SE 再下结论。
+# 3. **把奖励模型换成判分器（PPO 版的 RLVR）**：在第四步的训练格前加一格
+#    `def rule_score(rows, responses): return accuracy_reward(responses, answer=[r["answer"] for r in rows])`，
+#    并把 `PPOTrainer(policy, tokenizer, rm_score, ...)` 里的 `rm_score` 换成 `rule_score`（留出题的 RM 分数照常用奖励模型量）。
+#    比较训练后的贪心正确率和本次运行、和实验 05 的 GRPO。想一想：PPO 每题只采一个回答、靠价值头做基线，
+#    GRPO 每题采 G 个回答、用组内平均做基线，哪一个在 0/1 奖励下的优势估计更稳？
+# 4. （选做）`LEVELS = (1, 2, 3)`：SFT 模型已经几乎全对的 1、2 级题混进来后，每批里奖励模型能区分好坏的回答还剩多少？
+#    看训练曲线上 `score` 的起伏和第一次 rollout 打印的分数标准差。
 
 # %%
 metrics.record(rm_score_start=round(rm_start, 4), rm_score_end=round(rm_end, 4), kl_start=round(kl_start, 4),

@@ -26,7 +26,14 @@
 #
 # **前置知识**：实验 01（SFT）；实验 04 的裁剪目标函数有帮助但不是必须。SFT 模型由 `labkit` 自动取用或训练。
 #
-# **运行时间**：2 核 CPU 上约 4 分钟。
+# **运行时间**：2 核 CPU 上约 4–5 分钟（练习 3 的两次测量约 20 秒）。
+#
+# **关于 TRL 的私有接口**：第一步为了"拆开"一个训练步，直接调用了 `GRPOTrainer` 的**私有**方法 `_generate_and_score_completions`
+# （生成、打分、算优势），并读取私有属性 `_logs`；`labkit.grpo.StepTimer` 包裹的是私有方法 `_generate`、`_calculate_rewards`、
+# `_generate_and_score_completions` 和公开的 `training_step`；实验 06 的 `DynamicSamplingGRPOTrainer` 覆盖了 `_generate_and_score_completions`
+# 与 `_calculate_rewards`。以下划线开头的名字不属于 TRL 的公开 API，换一个 TRL 版本就可能改名或改变行为。本课程把 TRL 钉在 1.16.0
+# （`pyproject.toml`），`tests/test_lab_05_extras.py` 检查这些方法在装好的 TRL 里还在、参数还对得上；`tests/test_api_drift.py`
+# 只检查传给 TRL 的关键字参数，不管私有方法。损失的核对用的是公开的 `compute_loss`。
 
 # %% tags=["colab-setup"]
 # Colab：第一次运行时下载课程仓库，只安装 Colab 缺少的包（不动它自带的 torch、numpy、pandas、ipykernel）。
@@ -97,6 +104,7 @@ EVAL_SAMPLES = notebook_params(profile.name, "grpo", EVAL_SAMPLES=EVAL_SAMPLES)[
 
 # %%
 import gc
+import math
 
 import numpy as np
 import pandas as pd
@@ -107,10 +115,11 @@ from labkit.algorithms import (aggregate_loss, group_advantages, kl_k3, pg_loss_
                                response_logprobs)
 from labkit.data import load_problems
 from labkit.evaluate import evaluate_accuracy
-from labkit.grpo import GRPO_STAGE_BETA, TRAIN_LEVELS, StepTimer, make_trainer, reward_setup, rl_dataset
+from labkit.grpo import (GRPO_STAGE_BETA, TRAIN_LEVELS, StepTimer, make_trainer, question_se, reward_setup, rl_dataset,
+                         sample_group_correctness, zero_std_share)
 from labkit.hardware import detect
 from labkit.models import load_model, load_tokenizer, lora_config, save_model
-from labkit.plotting import plot_bars, plot_metrics
+from labkit.plotting import plot_grouped_bars, plot_metrics
 from labkit.preflight import preflight
 from labkit.stages import get_stage, model_path, publish_stage
 
@@ -323,19 +332,25 @@ print(f"slowest part: {parts.idxmax()}")
 # %% [markdown]
 # ## 第四步：训练曲线
 #
-# - **reward** 与各分项：格式奖励从一开始就接近满分，上升的主要是正确率奖励；
+# - **reward** 与各分项（第一张图右上：正确率与格式画在同一个 0–1 刻度上）：格式奖励从一开始就接近满分，上升的主要是正确率奖励；
 # - **reward_std**：组内奖励的标准差，GRPO 的学习信号就来自它；
 # - **frac_reward_zero_std**：全对或全错、优势为 0 的组的比例。题目越被"做熟"，它越高，信号越少——实验 06 的动态采样就是为此而生；
-# - 回答长度、KL（离 SFT 模型多远）、熵（策略还有多少随机性）。
+# - 回答长度（纵轴画满整个生成预算，虚线是上限）、KL（离 SFT 模型多远）、熵（策略还有多少随机性）。
 # 曲线每步只有 `rollout_batch_size` 道题，噪声大，图中细线是原始值，粗线是平滑后的值。
 
 # %%
-plot_metrics(history, ["reward", "reward_per_func", "reward_std", "frac_reward_zero_std"], smooth=0.8,
-             title="GRPO 训练：奖励与学习信号", ncols=2);
+fig = plot_metrics(history, ["reward", ("rewards/accuracy_reward/mean", "rewards/format_reward/mean"), "reward_std",
+                              "frac_reward_zero_std"], smooth=0.8,
+                   title="GRPO 训练：奖励与学习信号 / GRPO training: reward and learning signal", ncols=2)
+fig.axes[1].set_title("奖励分项 reward per function")   # accuracy and format on one 0-1 scale
+_ = fig.axes[1].set_ylabel("奖励 reward (0-1)")
 
 # %%
-plot_metrics(history, ["rewards/accuracy_reward/mean", "completion_length", "kl", "entropy"], smooth=0.8,
-             title="GRPO 训练：训练题正确率、回答长度、KL 与熵", ncols=2);
+fig = plot_metrics(history, ["completion_length", "kl", "entropy"], smooth=0.8,
+                   title="GRPO 训练：回答长度、KL 与熵 / GRPO training: length, KL and entropy", ncols=3)
+fig.axes[0].set_ylim(0, profile.max_new_tokens * 1.05)   # the whole generation budget: length against its limit
+fig.axes[0].axhline(profile.max_new_tokens, color="grey", linestyle=":", label="生成上限 budget")
+_ = fig.axes[0].legend(fontsize="small")
 
 # %%
 steps = [h for h in history if "reward" in h]
@@ -369,12 +384,25 @@ results = pd.DataFrame({"before (SFT)": [greedy_before.accuracy, sampled_before.
 results.round(3)
 
 # %%
-plot_bars({"SFT, greedy": greedy_before.accuracy, "GRPO, greedy": greedy_after.accuracy,
-           "SFT, sampled": sampled_before.accuracy, "GRPO, sampled": sampled_after.accuracy},
-          title=f"留出集正确率（{len(heldout)} 题）", ylabel="accuracy");
+# standard errors with the question as the unit (the EVAL_SAMPLES answers to one question are correlated)
+k = max(EVAL_SAMPLES, 1)
+se = {("greedy", "SFT"): question_se(greedy_before.correct, 1), ("greedy", "GRPO"): question_se(greedy_after.correct, 1),
+      ("sampled", "SFT"): question_se(sampled_before.correct, k), ("sampled", "GRPO"): question_se(sampled_after.correct, k)}
+naive = math.sqrt(sampled_before.accuracy * (1 - sampled_before.accuracy) / len(sampled_before.correct))
+gain = (np.reshape(sampled_after.correct, (-1, k)).mean(1) - np.reshape(sampled_before.correct, (-1, k)).mean(1))
+gain_se = float(gain.std(ddof=1) / math.sqrt(len(gain)))
+print("standard errors (per question):", {f"{a}, {b}": round(v, 4) for (a, b), v in se.items()})
+print(f"sampled SFT accuracy: SE over questions {se[('sampled', 'SFT')]:.4f} vs {naive:.4f} if all "
+      f"{len(sampled_before.correct)} answers were independent")
+print(f"sampled accuracy gain {gain.mean():+.3f} +- {gain_se:.3f} (paired by question) = {gain.mean() / gain_se:.1f} SE")
+fig = plot_grouped_bars({"贪心 greedy": {"SFT": greedy_before.accuracy, "GRPO": greedy_after.accuracy},
+                         f"采样 sampled (x{EVAL_SAMPLES})": {"SFT": sampled_before.accuracy, "GRPO": sampled_after.accuracy}},
+                        errors={"贪心 greedy": {m: se[("greedy", m)] for m in ("SFT", "GRPO")},
+                                f"采样 sampled (x{EVAL_SAMPLES})": {m: se[("sampled", m)] for m in ("SFT", "GRPO")}},
+                        title=f"留出集正确率（{len(heldout)} 题，误差棒 = 按题的标准误）/ Held-out accuracy (+-1 SE)",
+                        ylabel="正确率 accuracy", xlabel="解码方式 decoding")
 
 # %%
-k = max(EVAL_SAMPLES, 1)
 pd.DataFrame([{"question": q["question"][:50], "gold": q["answer"],
                "SFT sample": sampled_before.completions[i * k][:60], "GRPO sample": sampled_after.completions[i * k][:60]}
               for i, q in enumerate(heldout[:6])])
@@ -384,10 +412,14 @@ pd.DataFrame([{"question": q["question"][:50], "gold": q["answer"],
 # 采样正确率的提升明显大于贪心正确率的提升。GRPO 主要是把 SFT 策略已经"有时能做对"的题变得"更常做对"——
 # 把概率集中到正确的推理路径上（熵下降也说明了这一点），而不是教会模型新的算术。
 # `frac_reward_zero_std` 随训练上升：题目被"做熟"后，越来越多的组全对，不再提供信号。
-# 在 3 个种子 × 两套 CPU 内核上（`benchmarks/spread.md`），留出集采样正确率都比 SFT 起点高 0.15 以上（`heldout_gain` 为 0.154–0.173）。
+# 在 3 个种子 × 两套 CPU 内核上（`benchmarks/spread.md`），留出集采样正确率都比 SFT 起点高 0.15 以上（`heldout_gain` 为 0.154–0.173）；
+# 上面按题配对算出的这个提升的标准误约 0.02，提升是它的 8 倍以上。贪心正确率的提升（0.054–0.077）比柱子上的标准误（约 0.02）大，
+# 但比采样正确率的提升小得多：贪心解码本来就挑最可能的回答，SFT 已经"会"的题，贪心早就做对了。
+# **标准误为什么按题算**：同一道题的 `EVAL_SAMPLES` 个回答高度相关（会做的题几乎次次做对），把 222 × 8 个回答当成独立的硬币，
+# 标准误会被低估（上面打印了两者）。
 # **回答长度**几乎不变（上面打印的 `completion length`，远低于生成上限）：这个小世界的题目需要的推理步数是固定的，
 # 答对并不需要更长的回答，所以这里看不到推理模型里"越训越长"的现象——那需要更难、步数不定的题和长得多的生成预算。
-# **时间**：上面的表显示，在 CPU 上的小模型里，一步的大头是更新（前向 + 反向），其次是生成；在 GPU 上生成通常占大头，
+# **时间**：上面的表显示，这次在 CPU 上的小模型里，一步的大头是更新（前向 + 反向），其次是生成（秒数随机器而变）；在 GPU 上生成通常占大头，
 # 所以 GPU 配置在装了 vLLM 时用它来生成（`labkit.grpo.use_vllm`）。
 # 这个不到 100 万参数的小模型只走了上面打印的那么多步；GPU 配置（Qwen3 + GSM8K）的效果本课程还没有测过，不要拿这里的幅度去推断。
 #
@@ -406,7 +438,7 @@ if BETA == GRPO_STAGE_BETA and LOSS_TYPE == "grpo":
 
 # %% tags=["solution"]
 def my_group_advantages(rewards: list[float], eps: float = 1e-4) -> list[float]:
-    # TODO: (r_i - mean) / (std + eps)，std 用无偏估计（除以 G - 1）
+    # TODO: 返回每个回答的组内相对优势（公式见"理论回顾"；eps 加在标准差上）
     mean = sum(rewards) / len(rewards)
     std = (sum((x - mean) ** 2 for x in rewards) / (len(rewards) - 1)) ** 0.5
     return [(x - mean) / (std + eps) for x in rewards]
@@ -436,7 +468,7 @@ exercises.expect_failure(lambda: check_group_advantages(
 
 # %% tags=["solution"]
 def my_k3(logp: list[float], ref_logp: list[float]) -> list[float]:
-    # TODO: d = ref_logp - logp；k3 = exp(d) - d - 1
+    # TODO: 返回每个 token 的 k3 估计（定义见"理论回顾"）
     import math
     return [math.exp(r - p) - (r - p) - 1 for p, r in zip(logp, ref_logp)]
 
@@ -444,7 +476,7 @@ def my_k3(logp: list[float], ref_logp: list[float]) -> list[float]:
 # %% tags=["check"]
 def check_k3(fn):
     exercises.check_close("k3", fn([-1.0, -2.0, -0.5], [-1.0, -1.0, -1.5]), [0.0, 0.7183, 0.3679], tol=1e-3,
-                          hint="d = log pi_ref - log pi，k3 = e^d - d - 1，永远 >= 0")
+                          hint="见理论回顾的 k3 定义：先算 d = log pi_ref - log pi；k3 永远 >= 0")
 
 
 check_k3(my_k3)
@@ -453,8 +485,62 @@ check_k3(my_k3)
 exercises.expect_failure(lambda: check_k3(lambda logp, ref: [p - r for p, r in zip(logp, ref)]))
 
 # %% [markdown]
+# **练习 3（实验）：采样温度与"信号坍缩"**。训练开始时约三成的组全对或全错（上面的 `frac_reward_zero_std`），这些组不提供梯度。
+# 除了换题（实验 06 的动态采样），另一个旋钮是采样温度（TRL 的 `GRPOConfig(temperature=...)`，本实验用 1.0）：温度越高，
+# 同一道题的 G 个回答越不一样，但答对的也越少。下面的检查让 SFT 模型（RL 的起点）在 192 道训练题上每题采 G 个回答，测两样东西：
+# 零方差组的比例和采样正确率。**找一个温度，使零方差组比例 ≤ 0.2，同时采样正确率 ≥ 0.5。** 先猜，再试几个值
+# （每次约 10 秒）。阈值只在 cpu 配置上测过；GPU 配置上检查只打印这两个数：先用 `MY_TEMPERATURE = 1.0` 看起点，再定自己的目标。
+
+# %% tags=["solution"]
+# TODO: 把 MY_TEMPERATURE 设成你找到的温度
+MY_TEMPERATURE = 1.3
+
+# %% tags=["check"]
+signal_rows = load_problems(profile.dataset, "rl", levels=levels, limit=192)
+sft_policy = load_model(sft_dir, profile)
+
+
+def check_temperature(temperature):
+    correct = sample_group_correctness(sft_policy, tokenizer, signal_rows, profile, G, temperature=temperature, seed=SEED)
+    share, accuracy = zero_std_share(correct), float(correct.mean())
+    print(f"temperature {temperature}: zero-std groups {share:.3f}, sampled accuracy {accuracy:.3f} "
+          f"({len(signal_rows)} questions x G = {G})")
+    if profile.name != "cpu":
+        print("（GPU 配置没有测过这个阈值：请自己比较这些数）")
+        return
+    exercises.check_true("zero-std share <= 0.2", share <= 0.2, hint="温度太低：同一题的回答太像，升高温度")
+    exercises.check_true("sampled accuracy >= 0.5", accuracy >= 0.5, hint="温度太高：回答变成噪声，降低温度")
+
+
+check_temperature(MY_TEMPERATURE)
+
+# %% tags=["wrong"]
+if profile.name == "cpu":   # the training temperature: a third of the groups give no signal
+    exercises.expect_failure(lambda: check_temperature(1.0))
+
+# %% [markdown]
+# 读数：对比上面两行（你的温度，和 `wrong` 单元里训练用的 1.0）：温度升高，零方差组变少（有信号的组多了），采样正确率却下降。
+# 再往上多试几个温度，看零方差组是否还会继续减少、回答什么时候开始变成噪声。
+# 有信号的组变多，不等于学得更好：策略梯度改进的是"被采样的那个策略"，在高温下学到的是高温策略的改进，评估时温度 1 的策略未必同样受益。
+# 这是一个权衡，不是免费的午餐——和动态采样多花的生成一样。
+
+# %% [markdown]
 # **思考题**（不计分）：把 `BETA` 改为 `0.0`（TRL 的默认）重新运行：KL 曲线消失，训练变快了多少？正确率呢？
 # 把 `LOSS_TYPE` 改为 `"dapo"`：回答长度的曲线有没有变化？（答案见实验 06。）
+
+# %% [markdown]
+# ## 扩展（约 15 分钟）
+#
+# 下面三个实验都只改参数区（`parameters` 格）再整本重跑，在 2 核 CPU 上每次约 4 分钟。先写下预测，再看输出。
+#
+# 1. **KL 项有没有用**：`BETA = 0.0`（TRL 的默认）。看：KL 曲线消失；`StepTimer` 表里"log-probs + advantages"一行变短
+#    （不再需要参考模型的前向）；留出集采样正确率与 `BETA = 0.04` 相比的差，是否超过第五步那样按题配对的标准误（约 0.02）的两倍。
+#    在这个 64 步、KL 只有约 0.01 的设置下，预期看不出差别——如实这样写，不要硬说"KL 防止了崩溃"。
+# 2. **学习率与"做熟"的速度**：`LEARNING_RATE = 3e-4`（默认 1e-4）。看：`frac_reward_zero_std` 是否更快升高、熵是否更快下降，
+#    留出集采样正确率是更高还是更低（与第五步一样，用标准误判断差别是否可信）。再试 `1e-3`，看有没有出现格式奖励下降、回答变乱的迹象。
+# 3. **组大小 G 的代价与收益**：参数区设 `MAX_STEPS = 32`，并在第一个代码格的 `setup(...)` 调用里加上 `num_generations=16`：
+#    每步生成翻倍、步数减半，总生成量不变。先用练习 3 的检查函数里那一行 `sample_group_correctness(..., 16, ...)` 预测
+#    `frac_reward_zero_std` 的起点会比 G = 8 低多少，再看训练曲线、每步时间和留出集正确率怎样变化。结论以你测到的数为准。
 
 # %%
 metrics.record(heldout_acc_before=round(sampled_before.accuracy, 4), heldout_acc_after=round(sampled_after.accuracy, 4),

@@ -227,7 +227,7 @@ for a in (1.0, -1.0):
     assert np.allclose(weights["SAPO"][a], a * r * 4 * s * (1 - s), atol=1e-5)
     assert np.allclose(weights["CISPO"][a], a * np.minimum(r, 5.0), atol=1e-6)
 plot_curves({f"A = {a:+.0f}": {name: (r.tolist(), w[a]) for name, w in weights.items()} for a in (1.0, -1.0)},
-            title="一个 token 被推的力度随比值 ρ 的变化（损失对 log π 的负梯度）", xlabel="比值 ρ = π/π_old",
+            title="一个 token 被推的力度随比值 ρ 的变化 / How hard one token is pushed vs the ratio ρ", xlabel="比值 ratio ρ = π/π_old",
             ylabel="推力 -∂loss/∂log π", dashed=["clip 0.2/0.28"]);
 
 # %% [markdown]
@@ -309,9 +309,10 @@ ablation = pd.DataFrame({name: {"held-out acc": pm(name, "acc"), "entropy (end)"
 ablation
 
 # %%
-plot_bars({name: stats[name]["acc"] for name in VARIANTS} | {"SFT": sft_eval.accuracy},
-          errors={name: stats[name]["acc_se"] for name in VARIANTS if not math.isnan(stats[name]["acc_se"])},
-          title=f"留出集采样正确率：{len(seeds)} 个种子的均值 ± 标准误（SFT：种子 {SEED}）", ylabel="正确率 accuracy");
+fig = plot_bars({name: stats[name]["acc"] for name in VARIANTS} | {"SFT": sft_eval.accuracy},
+                errors={name: stats[name]["acc_se"] for name in VARIANTS if not math.isnan(stats[name]["acc_se"])},
+                title=f"留出集采样正确率：{len(seeds)} 个种子的均值 ± 标准误（SFT：种子 {SEED}）/ "
+                      f"Held-out sampled accuracy, mean ± SE over {len(seeds)} seeds", ylabel="正确率 accuracy")
 
 # %% [markdown]
 # ## 第四步：每项技术在它该起作用的地方
@@ -346,17 +347,27 @@ effect_table
 rungs = [r for r in DAPO_LADDER if r in VARIANTS]
 ladder = pd.DataFrame([compare(a, b, "acc") for a, b in zip(rungs, rungs[1:])]
                       + ([compare("grpo", "dapo", "acc")] if {"grpo", "dapo"} <= set(VARIANTS) else []))
+if len(ladder) and ladder["seeds"].min() > 1:
+    steps_label = [f"{a}\n→ {b}" for a, b in zip(ladder["a"], ladder["b"])]
+    fig = plot_bars(dict(zip(steps_label, ladder["b - a"])), errors=dict(zip(steps_label, ladder["se"])),
+                    title="DAPO 阶梯：每一级的留出集正确率变化（按种子配对，± 标准误）/ DAPO ladder: accuracy change per rung",
+                    ylabel="正确率变化 Δ accuracy")
 ladder
 
 # %% [markdown]
-# **clip-higher 与熵**：下图是 `grpo` 与 `clip_higher` 每步的熵和裁剪比例。两者在第一次裁剪发生之前完全相同（同一种子、同一批数据），
-# 之后才分开。
+# **clip-higher 与熵**：下图是 `clip_higher` 减去 `grpo` 每步的熵和裁剪比例（两条原始曲线大半重合、互相遮住，所以画差值）。
+# 同一种子、同一批数据，两者只有在某个正优势 token 的比值落进 $(1.2, 1.28]$ 时才不同，所以差值先是一段 0，之后才分开（下面打印了第一步）。
 
 # %%
 pair = {n: histories[n] for n in ("grpo", "clip_higher") if n in histories}
 if len(pair) == 2:
-    plot_metrics(pair, ["entropy", "clip_ratio/region_mean", "clip_ratio/high_mean"], smooth=0.6,
-                 title="clip-higher：熵与裁剪比例（本次种子）", ncols=3);
+    same = [a.get("entropy") == b.get("entropy") for a, b in zip(pair["grpo"], pair["clip_higher"]) if "entropy" in a]
+    first = next((i + 1 for i, equal in enumerate(same) if not equal), None)
+    print(f"grpo and clip_higher log the same entropy up to step {first - 1 if first else len(same)}"
+          + (f"; they first differ at step {first}" if first else ""))
+    fig = plot_metrics(pair, ["entropy", "clip_ratio/region_mean", "clip_ratio/high_mean"], smooth=0.6, baseline="grpo",
+                       title="clip-higher 减 grpo：熵与裁剪比例之差（本次种子）/ clip_higher minus grpo: entropy and clip ratios",
+                       ncols=3)
 
 # %% [markdown]
 # **动态采样：用更少的步数达到同样的训练正确率吗？** 曲线是每次生成时训练题的正确率（动态采样记录的是补采之前的第一次采样，
@@ -381,30 +392,50 @@ if {"clip_higher", "dynamic"} <= set(histories):
           + (f"at step {reached}" if reached else "never") + f"; dynamic drew {extra:.0f} extra prompts "
           f"= {extra * profile.num_generations:.0f} extra completions "
           f"(+{extra / (len(steps_dyn) * profile.rollout_batch_size):.0%} generation)")
-    plot_curves({"训练题正确率（平滑）": {"clip_higher": (steps_ch, acc_ch), "dynamic": (steps_dyn, acc_dyn)}},
-                title="动态采样：训练题正确率（本次种子）", xlabel="优化步 step", ylabel="正确率 accuracy");
-    plot_metrics(histories["dynamic"], ["dynamic/frac_zero_std_before", "dynamic/frac_zero_std_after",
-                                        "dynamic/extra_prompts"], title="动态采样：补采前后的零方差组比例", ncols=3);
+    fig = plot_curves({"训练题正确率（平滑）smoothed train accuracy": {"clip_higher": (steps_ch, acc_ch),
+                                                                    "dynamic": (steps_dyn, acc_dyn)}},
+                      title="动态采样：训练题正确率（本次种子）/ Dynamic sampling: train accuracy", xlabel="训练步 (step)",
+                      ylabel="正确率 accuracy")
+    fig = plot_metrics(histories["dynamic"], [("dynamic/frac_zero_std_before", "dynamic/frac_zero_std_after"),
+                                              "dynamic/extra_prompts"],
+                       title="动态采样：补采前后的零方差组比例与补采的题数 / Dynamic sampling: zero-std groups and extra prompts",
+                       ncols=2)
+    fig.axes[0].set_title("零方差组比例：补采前 / 后 zero-std share before / after")
+    fig.axes[1].set_title("每步补采的题数 extra prompts per step")
+    fig.axes[1].set_ylabel("题数 prompts")
 
 # %% [markdown]
 # **Dr. GRPO 与错误回答的长度**：按回答平均时，错误的长回答每个 token 被罚得更轻（第一步的演示）。如果这个偏差在起作用，
-# `grpo` 的错误回答应当比 `dr_grpo` 越训越长。曲线是每次生成中答错的回答的平均长度（`wrong_answer_length` 是一个权重为 0 的"奖励函数"，
-# 它不改变任何奖励，只让 TRL 每步记下这个数）。
+# `grpo` 的错误回答应当比 `dr_grpo` 越训越长。量的是每次生成中答错的回答的平均长度（`wrong_answer_length` 是一个权重为 0 的"奖励函数"，
+# 它不改变任何奖励，只让 TRL 每步记下这个数）。三条原始曲线几乎重合，所以图里画的是 `dr_grpo`、`token_level` 与 `grpo` 的**差**（单位 token）：
+# 偏差在起作用时，差值应当越来越负。
 
 # %%
 pair = {n: histories[n] for n in ("grpo", "dr_grpo", "token_level") if n in histories}
-if pair:
-    plot_metrics(pair, ["rewards/wrong_answer_length/mean", "completion_length"], smooth=0.6,
-                 title="错误回答的长度与平均长度（本次种子）", ncols=2);
+if len(pair) > 1 and "grpo" in pair:
+    fig = plot_metrics(pair, ["rewards/wrong_answer_length/mean", "completion_length"], smooth=0.6, baseline="grpo",
+                       title="与 grpo 的长度差：错误回答与全部回答（本次种子）/ Length minus grpo: wrong answers and all answers",
+                       ncols=2)
 
 # %% [markdown]
 # **软超长惩罚与截断率**：`dapo` 与 `token_level` 只差超长惩罚这一项，比较两者被 `max_completion_length` 截断的回答比例。
+# 这里几乎没有回答被截断（两条截断曲线都贴着 0，所以不画图，下表给数）；惩罚却不是 0：它从 $L_{\max}-L_{\text{cache}}$ = 32 个 token 起就开始扣分，
+# 而回答平均约 31 个 token，总有一些越过 32。
 
 # %%
-pair = {n: histories[n] for n in ("token_level", "dapo") if n in histories}
-if pair:
-    plot_metrics(pair, ["truncated_frac", "rewards/overlong_penalty/mean"], smooth=0.6,
-                 title="超长惩罚：截断比例与惩罚（本次种子）", ncols=2);
+def logged(history: list[dict], key: str) -> list[float]:
+    return [h[key] for h in history if key in h]
+
+
+overlong = pd.DataFrame({n: {"mean truncated share": np.mean(logged(histories[n], "completions/clipped_ratio")),
+                             "max truncated share": np.max(logged(histories[n], "completions/clipped_ratio")),
+                             "mean overlong penalty": (np.mean(logged(histories[n], "rewards/overlong_penalty/mean"))
+                                                       if logged(histories[n], "rewards/overlong_penalty/mean") else 0.0)}
+                         for n in ("token_level", "dapo") if n in histories}).T
+if "dapo" in histories:
+    fig = plot_metrics(histories["dapo"], ["rewards/overlong_penalty/mean"], smooth=0.6,
+                       title="dapo：每步的平均超长惩罚（本次种子）/ dapo: mean overlong penalty per step")
+overlong.round(4)
 
 # %%
 budget = profile.max_new_tokens
@@ -434,12 +465,12 @@ readout.round(3)
 # %% [markdown]
 # ## 练习
 #
-# **练习 1**：按回答平均（GRPO）时，一个长度为 `n` 的回答里每个 token 的梯度权重是多少？给一组回答的长度和 G，返回每个回答的 token 权重
-# $\frac{1}{G\cdot n_i}$；再写出 token 级平均（DAPO）的权重 $\frac{1}{\sum_j n_j}$。
+# **练习 1**：按回答平均（GRPO）时，一个长度为 `n` 的回答里每个 token 的梯度权重是多少？给一组回答的长度（回答个数就是 G），
+# 返回每个回答里一个 token 的权重；`norm="token"` 时返回 token 级平均（DAPO）的权重。第一步的演示表给出了 4 与 16 两个长度的数值，用它核对你的推导。
 
 # %% tags=["solution"]
 def my_token_weights(lengths: list[int], norm: str) -> list[float]:
-    # TODO: "sequence": 1 / (G * n_i)；"token": 1 / sum(n)
+    # TODO: 按 norm（"sequence" 或 "token"）返回每个回答里一个 token 的梯度权重
     if norm == "sequence":
         return [1.0 / (len(lengths) * n) for n in lengths]
     return [1.0 / sum(lengths) for _ in lengths]
@@ -467,7 +498,7 @@ exercises.expect_failure(lambda: check_token_weights(lambda lengths, norm: [1.0 
 
 # %% tags=["solution"]
 def my_overlong_penalty(length: int, max_len: int, cache: int) -> float:
-    # TODO: length <= max_len - cache: 0；之后线性降到 -1（length = max_len）；超过 max_len: -1
+    # TODO: 按"理论回顾"表中 `dapo` 一行的规则返回惩罚
     soft = max_len - cache
     if length <= soft:
         return 0.0
@@ -482,7 +513,7 @@ def check_overlong(fn):
     lengths = [10, 32, 33, 40, 48, 60]
     expected = reference(["x"] * len(lengths), completion_ids=[[0] * n for n in lengths])
     exercises.check_close("penalties", [fn(n, 48, 16) for n in lengths], expected,
-                          hint="缓冲区内线性：(max_len - cache - length) / cache")
+                          hint="见理论回顾：缓冲区里线性下降，到 max_len 正好扣满 1 分")
 
 
 check_overlong(my_overlong_penalty)
@@ -491,8 +522,56 @@ check_overlong(my_overlong_penalty)
 exercises.expect_failure(lambda: check_overlong(lambda length, max_len, cache: -1.0 if length > max_len else 0.0))
 
 # %% [markdown]
+# **练习 3（读数据）：要多少个种子才看得出来？** 阶梯里有几级"看不出"（`verdict` 为 not distinguishable）。假设一级的真实效果就是
+# 现在按种子配对测到的平均差，而配对差在种子间的标准差也不变：至少要多少个种子，平均差才会大于两个标准误？
+# 写一个函数，从每个种子的结果行 `rows`（每行有 `variant`、`seed`、`acc` 等字段）算出这个最少的种子数。答案不在页面上：
+# 表里给的是 5 个种子的标准误，你要自己从各个种子的数据推出来。
+
+# %% tags=["solution"]
+def my_seeds_needed(rows: list[dict], a: str, b: str, field: str = "acc") -> int:
+    # TODO: 由 a、b 两个变体按种子配对的差，算出让 |平均差| > 2 × 标准误 的最少种子数
+    acc_a = {r["seed"]: r[field] for r in rows if r["variant"] == a}
+    diffs = np.array([r[field] - acc_a[r["seed"]] for r in rows if r["variant"] == b and r["seed"] in acc_a])
+    sd = diffs.std(ddof=1)
+    return int(math.floor((2 * sd / abs(diffs.mean())) ** 2)) + 1
+
+
+# %% tags=["check"]
+def check_seeds_needed(fn):
+    toy = [{"variant": v, "seed": s, "acc": x} for s, (x0, x1) in enumerate([(0.70, 0.73), (0.71, 0.70), (0.69, 0.71), (0.72, 0.72)])
+           for v, x in (("base", x0), ("new", x1))]   # paired differences 0.03, -0.01, 0.02, 0.00
+    exercises.check_equal("toy rows", fn(toy, "base", "new"), 14,
+                          hint="n 个种子的标准误 = 配对差的样本标准差（除以 n-1）/ sqrt(n)；找最小的 n 使 |均值| > 2 × 标准误")
+    if len({r["seed"] for r in rows}) > 2 and {"grpo", "clip_higher"} <= set(VARIANTS):
+        n = fn(rows, "grpo", "clip_higher")
+        print(f"grpo -> clip_higher ({len(seeds)} seeds measured): about {n} seeds would be needed")
+        exercises.check_true("more seeds than measured", n > len(seeds),
+                             hint="这一级现在看不出，所以需要的种子数应当比已经测的多")
+
+
+check_seeds_needed(my_seeds_needed)
+
+# %% tags=["wrong"]
+exercises.expect_failure(lambda: check_seeds_needed(   # "the seeds already measured are enough"
+    lambda rows, a, b, field="acc": len({r["seed"] for r in rows})))
+
+# %% [markdown]
 # **思考题**（不计分）：把 `NUM_ITERATIONS` 改为 1 重新运行：`clip ratio` 一列会变成什么？clip-higher 还有作用吗？
 # 把 `LEARNING_RATE` 调大一倍：裁剪比例和熵怎样变化，正确率呢？
+
+# %% [markdown]
+# ## 扩展（约 15 分钟）
+#
+# 每个实验改参数区后重跑（11 个变体在 2 核 CPU 上约 4–5 分钟；只想看两三个变体时设 `VARIANTS = ("grpo", "clip_higher")` 之类，
+# 会快得多；注意此时 `BENCHMARK_SEEDS` 读不到匹配的基准表，只有本次一个种子，结论要相应地弱）。
+#
+# 1. **裁剪什么时候起作用**：`NUM_ITERATIONS = 1`，`VARIANTS = ("grpo", "clip_higher", "cispo")`。预期：`clip ratio` 全为 0，
+#    `grpo` 与 `clip_higher` 的曲线逐步相同（clip-higher 的差值图整条是 0）。再试 `NUM_ITERATIONS = 4`：裁剪比例升多少，熵呢？
+# 2. **学习率放大后 clip-higher 才有事做吗**：`LEARNING_RATE = 3e-4`，`VARIANTS = ("grpo", "clip_higher")`。
+#    看 `clip_ratio/high_mean` 比默认大多少，熵的差（clip_higher − grpo）有没有变成稳定的正值。只有一个种子时，差值不到单次评估标准误
+#    （`acc_se_binomial` 约 0.02）的两倍，就只能写"看不出"。
+# 3. **换一个种子**：`SEED = 5`（基准表里没有的种子），`BENCHMARK_SEEDS = False`。把 `run_table` 的 `acc` 列与 5 个种子的均值比：
+#    单个种子的排序和均值的排序有多少处不同？这就是练习 3 要回答的问题的直观版本。
 
 # %%
 names = [n for n in VARIANTS]

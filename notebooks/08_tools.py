@@ -223,7 +223,8 @@ plot_curves({"梯度范数 grad_norm（DDP 为 all-reduce 之后）": {"1 个进
                                                     "2 个进程 DDP": (steps, multi.series("grad_norm"))},
              "平均奖励 reward": {"1 个进程": (steps, single.series("reward")),
                              "2 个进程 DDP": (steps, multi.series("reward"))}},
-            title="同一种子、同一全局批：单进程与 DDP 的训练曲线", xlabel="训练步 step", ylabel="每步的值",
+            title="同一种子、同一全局批：单进程与 DDP 的训练曲线 / one seed, one global batch: 1 process vs DDP",
+            xlabel="训练步 step", ylabel="每步的值",
             dashed=["2 个进程 DDP"], ncols=2);
 print({k: (f"{v:.2e}" if isinstance(v, float) and k.endswith("diff") else v) for k, v in match.items()})
 # the checks (CI runs them here): two gloo ranks in two processes, the same samples, float-rounding differences only
@@ -268,7 +269,8 @@ methods
 
 # %%
 plot_bars({m: methods.loc[m, "vs_ref"] for m in ("dpo", "kto", "orpo")},
-          title="留出偏好准确率（相对 SFT 模型的隐式奖励，同一预算）", ylabel="准确率 accuracy");
+          title="留出偏好准确率（相对 SFT 模型的隐式奖励，同一预算）/ held-out preference accuracy vs the SFT model",
+          ylabel="准确率 accuracy (0-1)");
 
 # %% [markdown]
 # **读结果**（以上面的表为准）：
@@ -360,10 +362,55 @@ check_verl_mapping(my_verl)
 exercises.expect_failure(lambda: check_verl_mapping({**my_verl, "data.train_batch_size": 64}))
 
 # %% [markdown]
-# **思考题**（不计分）：
-# 1. 把 `LEARNING_RATE` 改为 `5e-4` 重新运行第四步：三种方法的贪心准确率与偏好准确率怎么变？
-# 2. 用第一步的 `engines.openrlhf_command` 把配方的 `loss_agg` 改成 `"dr_grpo"` 再翻译一次，会发生什么？为什么这比"悄悄换成最接近的设置"更好？
-# 3. 按 ZeRO 的公式估算：Qwen3-1.7B（$\Psi\approx1.7\times10^9$）在 4 张 24 GB 卡上全参数训练，DDP、ZeRO-2、ZeRO-3 各需要每卡多少显存（不算激活）？
+# **练习 2**：ZeRO 省下多少显存。讲义里的混合精度 AdamW 全参数训练：每个参数 2 字节 bf16 权重、2 字节 bf16 梯度、
+# 12 字节优化器状态（fp32 主权重 + 两个 fp32 动量），共 16 字节（不算激活）。$N$ 张卡上：DDP 每卡放全部三样；
+# ZeRO-2 把梯度和优化器状态切成 $N$ 份；ZeRO-3 连权重也切。写一个函数，给出 `stage`（0 = DDP、2、3）时每卡需要的 GiB。
+# 检查通过后，下一格用你的函数回答：Qwen3-1.7B（$\Psi = 1.72\times10^9$）在 4 张 24 GB 卡上，哪些方式放得下
+# （只算这三样，留 4 GiB 给激活与碎片）？
+
+# %% tags=["solution"]
+def per_gpu_gib(params: float, gpus: int, stage: int) -> float:
+    # TODO: 按上面的字节数，算出 stage 0 / 2 / 3 时每张卡上的权重 + 梯度 + 优化器状态（GiB）
+    weights, grads, optimizer = 2 * params, 2 * params, 12 * params
+    if stage >= 2:
+        grads, optimizer = grads / gpus, optimizer / gpus
+    if stage >= 3:
+        weights = weights / gpus
+    return (weights + grads + optimizer) / 2**30
+
+
+# %% tags=["check"]
+def check_zero(fn):
+    exercises.check_close("DDP, 1e9 params, 8 GPUs", fn(1e9, 8, 0), 16e9 / 2**30, tol=1e-3,
+                          hint="DDP 不切分：每卡 16 字节 / 参数")
+    exercises.check_close("ZeRO-2, 1e9 params, 8 GPUs", fn(1e9, 8, 2), (2e9 + 14e9 / 8) / 2**30, tol=1e-3,
+                          hint="ZeRO-2 切梯度和优化器状态，权重每卡一份")
+    exercises.check_close("ZeRO-3, 1e9 params, 8 GPUs", fn(1e9, 8, 3), 16e9 / 8 / 2**30, tol=1e-3,
+                          hint="ZeRO-3 三样都切")
+
+
+check_zero(per_gpu_gib)
+
+# %% tags=["wrong"]
+exercises.expect_failure(lambda: check_zero(lambda params, gpus, stage: 16 * params / gpus / 2**30))
+
+# %%
+for stage, name in ((0, "DDP"), (2, "ZeRO-2"), (3, "ZeRO-3")):
+    need = per_gpu_gib(1.72e9, 4, stage)
+    print(f"Qwen3-1.7B, 4 GPUs, {name:6s}: {need:5.1f} GiB per GPU -> {'fits' if need <= 24 - 4 else 'does not fit'} in 24 GB")
+
+# %% [markdown]
+# ## 扩展（约 15 分钟）
+#
+# 1. **学习率与偏好方法**（约 6 分钟）：把 `LEARNING_RATE` 改为 `5e-4`，只重新运行第四步（KTO / ORPO / DPO）。
+#    看表中三种方法的 `greedy_acc` 与 `vs_ref`：任务准确率是否都回到接近 SFT 的水平、偏好准确率降了多少？
+#    对照实验 03 的"温和设置"：学习率决定了这些方法对任务能力的伤害有多大，排序也可能随之改变。
+# 2. **翻译失败比悄悄换设置好**（约 4 分钟）：用第一步的 `engines.openrlhf_command`，把配方的 `loss_agg` 改成 `"dr_grpo"`
+#    （`dataclasses.replace(recipe, loss_agg="dr_grpo")`）再翻译一次。读报错：它说 OpenRLHF 缺的是什么？如果翻译器悄悄换成
+#    "最接近"的设置，两边的训练结果还可比吗？
+# 3. **用练习 2 的函数做规划**（约 5 分钟）：同样 4 张 24 GB 卡，Qwen3-4B（$\Psi\approx4.0\times10^9$）全参数训练时
+#    哪个 ZeRO stage 放得下？如果改用 LoRA（只训练约 1% 的参数，冻结的 bf16 权重仍是每参数 2 字节），结论怎么变？
+#    用 `labkit.memory.estimate_memory` 对 LoRA 的情况核对一次。
 
 # %%
 ok = {name: int(bool(engine_results[name].ok)) if name in engine_results else -1

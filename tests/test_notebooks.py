@@ -114,7 +114,12 @@ MUST_EXCEED: dict[str, list[tuple[str, str]]] = {
     "03_dpo": [("heldout_acc_sft", "heldout_acc_dpo"), ("mean_len_dpo", "mean_len_sft"),
                ("ref_chosen_logp", "chosen_logp_sigmoid_0p1"), ("gap_sigmoid_0p03", "gap_sigmoid_0p1"),
                ("gap_sigmoid_0p1", "gap_sigmoid_0p5"), ("gap_sigmoid_0p5", "gap_ipo_0p5"),
-               ("rejected_logp_ipo_0p5", "rejected_logp_sigmoid_0p5")],
+               ("rejected_logp_ipo_0p5", "rejected_logp_sigmoid_0p5"),
+               # step 6: the mild run keeps more of the task than both runs at the large learning rate,
+               # still less than SFT, moves less far on the pairs and writes SFT-length answers
+               ("heldout_acc_dpo_mild", "heldout_acc_dpo"), ("heldout_acc_dpo_mild", "heldout_acc_sigmoid_0p5"),
+               ("heldout_acc_sft", "heldout_acc_dpo_mild"), ("gap_sigmoid_0p5", "gap_dpo_mild"),
+               ("mean_len_dpo", "mean_len_dpo_mild")],
     "04_ppo": [("kl_end", "kl_start"), ("heldout_acc_before", "heldout_acc_after")],
     "05_grpo": [("heldout_acc_after", "heldout_acc_before"), ("greedy_acc_after", "greedy_acc_before"),
                 ("reward_end", "reward_start"), ("entropy_start", "entropy_end"),
@@ -311,6 +316,28 @@ def test_student_copy_hides_solutions(script, tmp_path):
         hidden = [line.strip() for line in lines[marker + 1:] if line.strip() and not line.strip().startswith("#")]
         leaked = [line for line in hidden if line in {s.strip() for s in stub.source.splitlines()}]
         assert not leaked, f"{script.name}: solution lines left in the student copy: {leaked}"
+
+
+def _code_line(line: str) -> str:
+    """A code line without its comment, attribute owners (`config.gamma` -> `gamma`) and spacing."""
+    return " ".join(re.sub(r"\b\w+\.(?=[A-Za-z_])", "", line.split("#")[0]).split())
+
+
+@pytest.mark.parametrize("script", _each_script())
+def test_student_copy_shows_no_solution_elsewhere(script, tmp_path):
+    """A hidden solution line must not stand in another cell of the student copy (a demonstration
+    that spells out the same code gives the answer away). Short lines (return x, a call) are allowed."""
+    make_student_copy(script, tmp_path / "student.ipynb")
+    copy = nbformat.read(tmp_path / "student.ipynb", as_version=4)
+    shown = {_code_line(line) for cell in _code_cells(copy) for line in cell.source.splitlines()}
+    leaks = []
+    for cell in _code_cells(jupytext.read(script)):
+        if "solution" not in _tags(cell):
+            continue
+        lines = cell.source.splitlines()
+        marker = next(i for i, line in enumerate(lines) if line.strip().startswith(MARKERS))
+        leaks += [code for code in map(_code_line, lines[marker + 1:]) if len(code) >= 24 and code in shown]
+    assert not leaks, f"{script.name}: solution code shown elsewhere in the student copy: {leaks}"
 
 
 # --- d. execution -----------------------------------------------------------------------------

@@ -275,7 +275,8 @@ def test_twin_axes_and_density():
                     xlabel="step", left_label="RM 分数", right_label="准确率 (0-1)")
     left, right = fig.axes
     assert left.get_ylabel() == "RM 分数" and right.get_ylabel() == "准确率 (0-1)"
-    assert [t.get_text() for t in left.get_legend().get_texts()] == ["RM score", "accuracy"]
+    assert left.get_legend() is None and right.get_legend() is None   # one legend below the axes
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["RM score", "accuracy"]
     with pytest.raises(PlottingError, match="needs 3 values"):
         plot_twin([1, 2, 3], {"a": [1.0]}, {"b": [1.0, 2.0, 3.0]}, title="t", xlabel="x", left_label="l",
                   right_label="r")
@@ -441,6 +442,7 @@ def test_shares_and_lengths_are_not_labelled_as_rewards():
     assert _ylabel("rewards/wrong_answer_length/mean") == "长度 (tokens)"
     assert _ylabel("rewards/accuracy_reward/mean") == "正确率 accuracy"
     assert _ylabel("rewards/format_reward/mean") == "奖励 reward"
+    assert _ylabel("logps/chosen") == _ylabel("eval_logps/rejected") == "序列对数概率 log-prob (nats)"
 
 
 def test_plot_bars_draws_error_bars_and_refuses_bad_ones():

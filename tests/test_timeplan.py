@@ -42,15 +42,21 @@ def test_sft_plan_by_hand():
                           eval_batch_size=4, max_new_tokens=16, max_length=256)
     plan = plan_lab("sft", profile, "t4", missing=["base"])
     prompt, sft = 192, 256                   # padded GSM8K prompt; SFT sequence capped at max_length
-    assert [r.name for r in plan.runs] == ["load the base model", "eval before SFT (8 questions)",
-                                           "SFT training (10 steps)", "eval after SFT"]
-    assert plan.totals(plan.runs) == (2 * 8 * 16, 10 * 2 * 3 * sft, 2 * 8 * prompt)   # (256, 15360, 3072)
+    body = [r for r in plan.runs if not r.exercise]
+    assert [r.name for r in body] == ["load the base model", "eval before SFT (8 questions)",
+                                      "SFT training (10 steps)", "eval after SFT"]
+    assert plan.totals(body) == (2 * 8 * 16, 10 * 2 * 3 * sft, 2 * 8 * prompt)   # (256, 15360, 3072)
     evals = 2 * (2 * 16 * (0.080 + 4 / 2000))   # 2 evals x 2 calls of 4 x 16 decode steps
     seconds = evals + 15360 / 600 + 3072 / 1800 + 20   # + training, prefill, one model load
-    assert plan.lab_min == pytest.approx(seconds / 60)
+    assert plan.minutes(body) == pytest.approx(seconds / 60)
     download = 596_049_920 * 2 / 2**30 * 1024 / 30  # Qwen3-0.6B in 16 bits at 30 MB/s
     assert [r.name for r in plan.stage_runs] == ["stage base: download Qwen/Qwen3-0.6B"]
-    assert plan.total_min == pytest.approx((seconds + download) / 60)
+    assert plan.budgeted_min == pytest.approx((seconds + download) / 60)
+    # exercise 3's attempt: 30 steps of the same recipe and a greedy eval of the (8) held-out questions
+    exercise = [r for r in plan.runs if r.exercise]
+    assert [r.trained for r in exercise] == [30 * 2 * 3 * sft, 0] and exercise[1].gen_seqs == 8
+    assert plan.total_min == pytest.approx(plan.budgeted_min + plan.exercise_min)
+    assert "budgeted (without the exercise attempts)" in plan.table()
 
 
 def test_grpo_plan_by_hand():
@@ -65,8 +71,10 @@ def test_grpo_plan_by_hand():
         "sampled eval before/after (5 x 2)": (2 * 5 * 2 * 16, 0, 2 * 5 * 2 * 192),
         # 3 steps x 2 prompts x G=4: generate, train on prompt + completion, reference pass (BETA 0.04)
         "GRPO training (3 steps x 2 prompts x G=4)": (3 * 8 * 16, 3 * 8 * rl, 3 * 8 * (192 + rl)),
+        # exercise 3 (one attempt): G=4 samples of 192 questions at the student's temperature
+        "exercise 3: 192 questions x G": (192 * 4 * 16, 0, 192 * 4 * 192),
     }
-    assert plan.totals() == (1056, 4992, 3968 + 1920 + 3840 + 9600)
+    assert plan.totals([r for r in plan.runs if not r.exercise]) == (1056, 4992, 3968 + 1920 + 3840 + 9600)
 
 
 def test_stage_builds_use_the_stage_recipe_not_the_notebook_overrides():
@@ -92,7 +100,7 @@ def test_refusal_names_the_fix_and_the_fix_fits(empty_cache, capsys):
     steps = int(re.search(r"MAX_STEPS = (\d+)", message).group(1))
     assert "EVAL_LIMIT" not in message  # fewer questions alone cannot make up 2000 steps
     plan = time_preflight(get_profile("t4", lab="sft", max_steps=steps), T4, "sft")
-    assert plan.fits and plan.total_min <= 45
+    assert plan.fits and plan.budgeted_min <= 45 < plan.total_min  # exercise 3 is outside the budget
     assert "time plan: lab 'sft'" in capsys.readouterr().out
     more = replace(greedy, max_steps=steps + 10)  # the suggestion is the largest value that fits
     assert not plan_lab("sft", more, "t4", missing=["base"]).fits
@@ -141,7 +149,9 @@ def test_every_lab_fits_its_budget_with_the_stages_it_builds(name):
     for lab in LABS:
         plan = plan_lab(lab, get_profile(name, lab=lab), missing=needed_stages(lab))
         assert plan.missing == tuple(needed_stages(lab))
-        assert plan.fits and plan.total_min <= BUDGET_MIN[name], f"{name} {lab}: {plan.total_min:.1f} min"
+        assert plan.fits and plan.budgeted_min <= BUDGET_MIN[name], f"{name} {lab}: {plan.budgeted_min:.1f} min"
+        # the experiment exercises are timed (one attempt each), outside the budget
+        assert (plan.exercise_min > 0) == (lab in ("sft", "dpo", "ppo", "grpo", "best_of_n")), lab
     assert needed_stages("best_of_n") == ["base", "sft", "rm", "grpo"]
 
 
@@ -167,7 +177,8 @@ def test_cpu_needs_no_rates():
     assert rates_for(profile, None) == (None, "cpu profile: no time budget")
     plan = plan_lab("sft", profile, missing=[])
     assert plan.rates is None and plan.total_min is None and plan.fits and plan.budget_min is None
-    assert plan.totals()[1] == profile.max_steps * profile.batch_size * profile.grad_accum * 80
+    assert plan.totals([r for r in plan.runs if not r.exercise])[1] == \
+        profile.max_steps * profile.batch_size * profile.grad_accum * 80
     assert time_preflight(profile, CPU, "sft") is None
 
 
